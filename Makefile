@@ -1,0 +1,59 @@
+# Talking Head Cam — the commands a newcomer runs: `make demo`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+UNIT_DIR := $(HOME)/.config/systemd/user
+CONFIG_DIR := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/talking-head-cam
+
+.PHONY: install demo run test bench lint config install-service uninstall-service clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: install
+	$(BIN)/talking-head-cam demo --out out/demo.mp4 $(if $(DRIVER),--driver $(DRIVER))
+
+run: install
+	$(BIN)/talking-head-cam --config config.yaml run
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/talking-head-cam --config config.yaml bench
+
+lint: install
+	$(BIN)/ruff check .
+
+# Regenerate config.yaml from the config model (tests fail when they disagree).
+config: install
+	$(BIN)/talking-head-cam config-doc > config.yaml
+
+install-service: install
+	mkdir -p $(HOME)/.local/bin $(UNIT_DIR) $(CONFIG_DIR)
+	ln -sf $(CURDIR)/$(BIN)/talking-head-cam $(HOME)/.local/bin/talking-head-cam
+	install -m 644 systemd/talking-head-cam.service $(UNIT_DIR)/talking-head-cam.service
+	test -f $(CONFIG_DIR)/config.yaml || install -m 644 config.yaml $(CONFIG_DIR)/config.yaml
+	systemctl --user daemon-reload && systemctl --user enable --now talking-head-cam.service \
+		|| echo "could not reach the systemd user manager; run: systemctl --user enable --now talking-head-cam"
+	@echo
+	@echo "Config: $(CONFIG_DIR)/config.yaml  (apply edits: systemctl --user reload talking-head-cam)"
+	@echo "One root step for the virtual camera (once per machine):"
+	@echo "  sudo apt install v4l2loopback-dkms && sudo cp systemd/v4l2loopback.conf /etc/modprobe.d/ \\"
+	@echo "    && sudo cp systemd/modules-load.conf /etc/modules-load.d/v4l2loopback.conf && sudo modprobe v4l2loopback"
+	@echo "Then check everything: $(HOME)/.local/bin/talking-head-cam doctor"
+
+uninstall-service:
+	-systemctl --user disable --now talking-head-cam.service
+	rm -f $(UNIT_DIR)/talking-head-cam.service
+	test ! -L $(HOME)/.local/bin/talking-head-cam || rm -f $(HOME)/.local/bin/talking-head-cam
+	-systemctl --user daemon-reload
+	@echo "removed the user unit; your config in $(CONFIG_DIR) is kept"
+
+clean:
+	rm -rf out build *.egg-info .pytest_cache .ruff_cache

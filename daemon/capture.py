@@ -1,0 +1,315 @@
+"""Capture: the driving video, from a camera, a video file or a still image.
+
+A reader thread keeps only the newest frame (no queue build-up, no stale frames); a lost or
+missing camera is retried with backoff while the rest of the daemon keeps publishing, and
+each state change is logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import cv2
+import numpy as np
+
+from daemon.config import DEFAULT_LABEL, IMAGE_SUFFIXES, CaptureConfig
+from daemon.errors import CaptureError, DeviceError, TalkingHeadCamError
+from daemon.frames import CapturedFrame
+from daemon.v4l2 import SYSFS_ROOT, can_capture, list_video_devices
+
+log = logging.getLogger(__name__)
+
+SourceKind = Literal["camera", "video", "image"]
+CaptureState = Literal["starting", "streaming", "missing", "lost", "ended", "stopped"]
+_FIRST_RETRY_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """What `capture.source` names: a camera (index, /dev path or auto) or a file."""
+
+    kind: SourceKind
+    target: int | str
+
+    def __str__(self) -> str:
+        return (
+            str(self.target)
+            if self.kind != "camera" or isinstance(self.target, str)
+            else (f"camera {self.target}")
+        )
+
+
+def classify_source(source: int | str) -> SourceSpec:
+    if isinstance(source, int) or source == "auto" or source.startswith("/dev/"):
+        return SourceSpec("camera", source)
+    kind: SourceKind = "image" if source.lower().endswith(IMAGE_SUFFIXES) else "video"
+    return SourceSpec(kind, source)
+
+
+def resolve_auto_camera(own_labels: Iterable[str], sysfs_root: Path = SYSFS_ROOT) -> str:
+    """The first capture device that is not our own virtual camera."""
+    own = set(own_labels)
+    for device in list_video_devices(sysfs_root):
+        if device.name in own:
+            continue
+        if can_capture(device.node) is False:  # metadata nodes, output-only loopbacks
+            continue
+        return device.node
+    raise DeviceError(
+        "no camera found (no /dev/video* capture device besides our virtual camera); "
+        "plug in a webcam, or set capture.source to a device, video file or image"
+    )
+
+
+class FrameReader(Protocol):
+    """A blocking source of BGR frames. read() returns None at the end of a file."""
+
+    fps: float | None  # the source's own rate when it has one (files)
+
+    def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+class CameraReader:
+    """A V4L2 camera through OpenCV, asked for MJPG at the configured size and rate."""
+
+    fps: float | None = None
+
+    def __init__(self, target: int | str, config: CaptureConfig):
+        if isinstance(target, str) and not os.path.exists(target):
+            raise DeviceError(f"{target} does not exist; plug in the camera or fix capture.source")
+        self._cap = cv2.VideoCapture(target, cv2.CAP_V4L2)
+        if not self._cap.isOpened():
+            self._cap.release()
+            raise DeviceError(
+                f"cannot open camera {target}; is it in use by another program, or is your user "
+                "missing from the 'video' group?"
+            )
+        self._cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))
+        self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, config.width)
+        self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, config.height)
+        self._cap.set(cv2.CAP_PROP_FPS, config.fps)
+        self._cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        self.description = (
+            f"{int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x"
+            f"{int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))} @ "
+            f"{self._cap.get(cv2.CAP_PROP_FPS):g} fps"
+        )
+
+    def read(self) -> np.ndarray:
+        ok, frame = self._cap.read()
+        if not ok or frame is None:
+            raise CaptureError("the camera stopped delivering frames (unplugged?)")
+        return frame
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class VideoFileReader:
+    """Every frame of a video file, in order (also used by `render`)."""
+
+    def __init__(self, path: str):
+        if not Path(path).is_file():
+            raise CaptureError(f"video file {path} not found; fix capture.source")
+        self._cap = cv2.VideoCapture(path)
+        if not self._cap.isOpened():
+            self._cap.release()
+            raise CaptureError(f"cannot decode video file {path}; use an MP4/MKV/AVI file")
+        rate = self._cap.get(cv2.CAP_PROP_FPS)
+        self.fps: float | None = rate if 0 < rate < 1000 else None
+        self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.description = (
+            f"{int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x"
+            f"{int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))} @ {rate:g} fps"
+        )
+
+    def read(self) -> np.ndarray | None:
+        ok, frame = self._cap.read()
+        return frame if ok else None
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class ImageReader:
+    """A still image, delivered again and again."""
+
+    fps: float | None = None
+
+    def __init__(self, path: str):
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise CaptureError(f"cannot read image {path}; fix capture.source (PNG or JPEG)")
+        self._image = image
+        self.description = f"{image.shape[1]}x{image.shape[0]} still image"
+
+    def read(self) -> np.ndarray:
+        return self._image
+
+    def close(self) -> None:
+        pass
+
+
+def open_reader(
+    spec: SourceSpec,
+    config: CaptureConfig,
+    own_labels: Iterable[str],
+    sysfs_root: Path = SYSFS_ROOT,
+) -> FrameReader:
+    if spec.kind == "video":
+        return VideoFileReader(str(spec.target))
+    if spec.kind == "image":
+        return ImageReader(str(spec.target))
+    target = resolve_auto_camera(own_labels, sysfs_root) if spec.target == "auto" else spec.target
+    return CameraReader(target, config)
+
+
+class Capture:
+    """Owns one source and its reader thread; `latest()` is the newest frame or None.
+
+    The source is opened on the thread, so a missing camera never blocks the daemon: the
+    state goes to `missing`, the thread retries with backoff (up to capture.retry_max_s),
+    and the frame loop keeps publishing the idle avatar meanwhile.
+    """
+
+    def __init__(
+        self,
+        config: CaptureConfig,
+        *,
+        own_labels: Iterable[str] = (DEFAULT_LABEL,),
+        sysfs_root: Path = SYSFS_ROOT,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.config = config
+        self.spec = classify_source(config.source)
+        self._own_labels = tuple(own_labels)
+        self._sysfs_root = sysfs_root
+        self._clock = clock
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._latest: CapturedFrame | None = None
+        self._count = 0
+        self.state: CaptureState = "starting"
+        self.detail = ""
+        self._thread = threading.Thread(target=self._run, name=f"capture:{self.spec}", daemon=True)
+
+    def __repr__(self) -> str:
+        return f"Capture({self.spec})"
+
+    def start(self) -> Capture:
+        self._thread.start()
+        return self
+
+    def latest(self) -> CapturedFrame | None:
+        return self._latest
+
+    def wait_for_frame(self, after_index: int = -1, timeout_s: float = 5.0) -> CapturedFrame | None:
+        """The first frame newer than `after_index`, or None on timeout/end (for tests, tools)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: (
+                    (self._latest is not None and self._latest.index > after_index)
+                    or self.state in ("ended", "stopped")
+                ),
+                timeout_s,
+            )
+            frame = self._latest
+        return frame if frame is not None and frame.index > after_index else None
+
+    def close(self, timeout_s: float = 0.5) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
+        self._set_state("stopped", "")
+
+    # ------------------------------------------------------------ the reader thread
+
+    def _run(self) -> None:
+        retry_s = _FIRST_RETRY_S
+        while not self._stop.is_set():
+            try:
+                reader = open_reader(self.spec, self.config, self._own_labels, self._sysfs_root)
+            except TalkingHeadCamError as exc:
+                self._set_state(
+                    "missing",
+                    f"{exc}; retrying every ≤{self.config.retry_max_s:g} s,"
+                    " publishing the idle avatar meanwhile",
+                )
+                self._stop.wait(retry_s)
+                retry_s = min(retry_s * 2, self.config.retry_max_s)
+                continue
+            except Exception:  # a bug or a library failure must not kill capture for good
+                log.exception("%r: unexpected error opening the source", self)
+                self._stop.wait(self.config.retry_max_s)
+                continue
+            retry_s = _FIRST_RETRY_S
+            try:
+                self._pump(reader)
+            except TalkingHeadCamError as exc:
+                self._drop_latest()
+                self._set_state("lost", f"{exc}; reopening")
+            except Exception:
+                self._drop_latest()
+                log.exception("%r: unexpected error reading the source", self)
+                self._stop.wait(_FIRST_RETRY_S)
+            finally:
+                reader.close()
+            if self.state == "ended":
+                return
+
+    def _pump(self, reader: FrameReader) -> None:
+        """Read until stopped, end of file, or an error; pace files to their own rate."""
+        rate = reader.fps or (self.config.fps if self.spec.kind != "camera" else None)
+        period = 1.0 / rate if rate else 0.0
+        next_t = self._clock()
+        self._set_state("streaming", getattr(reader, "description", ""))
+        frames = 0
+        while not self._stop.is_set():
+            image = reader.read()
+            if image is None and frames == 0:
+                raise CaptureError(f"{self.spec} has no readable frames")
+            if image is None:  # end of a video file
+                if self.config.loop:
+                    return  # the caller reopens the file from its start
+                self._set_state("ended", "end of the video file; publishing the idle avatar")
+                return
+            self._publish(image)
+            frames += 1
+            if period:
+                next_t += period
+                delay = next_t - self._clock()
+                if delay < -period:  # fell behind (a slow decode): do not try to catch up
+                    next_t = self._clock()
+                elif delay > 0:
+                    self._stop.wait(delay)
+
+    def _publish(self, image: np.ndarray) -> None:
+        image.setflags(write=False)
+        with self._cond:
+            self._latest = CapturedFrame(image, self._clock(), self._count)
+            self._count += 1
+            self._cond.notify_all()
+
+    def _drop_latest(self) -> None:
+        with self._cond:
+            self._latest = None
+
+    def _set_state(self, state: CaptureState, detail: str) -> None:
+        if state == self.state:
+            return
+        self.state, self.detail = state, detail
+        level = logging.WARNING if state in ("missing", "lost") else logging.INFO
+        log.log(level, "%r: %s%s", self, state, f": {detail}" if detail else "")
+        with self._cond:
+            self._cond.notify_all()

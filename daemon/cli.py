@@ -1,0 +1,185 @@
+"""`talking-head-cam`: run | render | demo | doctor | check-config | bench | config-doc.
+
+Exit codes: 0 fine, 1 a runtime problem (message on stderr), 2 a config or usage error
+(systemd's RestartPreventExitStatus=2 keeps a hopeless config from restart-looping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from daemon.config import Config, find_config_path, load_config, validate_config
+from daemon.errors import ConfigError, TalkingHeadCamError
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(level: str = "info") -> None:
+    """Log to stderr; under systemd (JOURNAL_STREAM set) journald adds the timestamps."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging: errors only
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _load(config_arg: str | None) -> Config:
+    return load_config(find_config_path(config_arg))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.service import Daemon
+
+    config = _load(args.config)
+    setup_logging(config.log_level)
+    return Daemon(config, args.config).run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = find_config_path(args.file)
+    load_config(path)
+    print(f"{path}: valid")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from daemon.render import render_video
+
+    config = _override(_load(args.config), args)
+    print(render_video(config, args.driver, Path(args.out)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from daemon.render import render_demo, render_video
+
+    config = _override(_load(args.config), args)
+    out = Path(args.out)
+    result = (
+        render_video(config, args.driver, out)
+        if args.driver
+        else render_demo(config, out, args.seconds)
+    )
+    print(result)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from daemon.doctor import run_checks
+    from daemon.v4l2 import SYSFS_ROOT
+
+    checks = run_checks(args.config, Path(args.sysfs) if args.sysfs else SYSFS_ROOT)
+    for check in checks:
+        print(check.format())
+    failed = [c.name for c in checks if c.status == "fail"]
+    print(f"\n{len(failed)} problem(s): {', '.join(failed)}" if failed else "\nall good")
+    return 1 if failed else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from daemon.bench import run_bench
+
+    config = _load(args.config)
+    print(run_bench(config, args.frames).report(config))
+    return 0
+
+
+def cmd_config_doc(args: argparse.Namespace) -> int:
+    from daemon.config_doc import render_config_yaml, render_reference_markdown
+
+    print(render_reference_markdown() if args.markdown else render_config_yaml(), end="")
+    return 0
+
+
+def _override(config: Config, args: argparse.Namespace) -> Config:
+    """--avatar/--width/--height on render and demo, validated like the file itself."""
+    data = config.model_dump()
+    if getattr(args, "avatar", None):
+        data["avatar"]["image"] = str(Path(args.avatar).resolve())
+    for key in ("width", "height"):
+        if getattr(args, key, None):
+            data["output"][key] = getattr(args, key)
+    return validate_config(data, "command line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="talking-head-cam", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config",
+        help="config file (default: $XDG_CONFIG_HOME/"
+        "talking-head-cam/config.yaml, else the packaged default)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", help="run the daemon (foreground; systemd runs this)").set_defaults(
+        func=cmd_run
+    )
+
+    check = sub.add_parser("check-config", help="validate a config file without starting")
+    check.add_argument("file", nargs="?", help="the file (default: the one `run` would use)")
+    check.set_defaults(func=cmd_check_config)
+
+    render = sub.add_parser(
+        "render", help="render a driver video offline, one output frame per driver frame"
+    )
+    render.add_argument("--avatar", help="avatar image (default: the config's)")
+    render.add_argument("--driver", required=True, help="driving video file")
+    render.add_argument("--out", required=True, help="output video (.mp4)")
+    _size_args(render)
+    render.set_defaults(func=cmd_render)
+
+    demo = sub.add_parser("demo", help="render a demo video; needs no camera, GPU or v4l2loopback")
+    demo.add_argument("--out", default="out/demo.mp4", help="output video (default: %(default)s)")
+    demo.add_argument("--seconds", type=float, default=6.0, help="length (default: %(default)s)")
+    demo.add_argument("--driver", help="render this driving video instead")
+    demo.add_argument("--avatar", help="avatar image (default: the embedded one)")
+    _size_args(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    doctor = sub.add_parser("doctor", help="check the machine and explain what is wrong")
+    doctor.add_argument("--sysfs", help=argparse.SUPPRESS)  # a fake sysfs tree, for tests
+    doctor.set_defaults(func=cmd_doctor)
+
+    bench = sub.add_parser("bench", help="per-stage latency and loop fps of the pipeline")
+    bench.add_argument("--frames", type=int, default=300)
+    bench.set_defaults(func=cmd_bench)
+
+    doc = sub.add_parser(
+        "config-doc",
+        help="print the commented default config (or --markdown "
+        "reference) generated from the config model",
+    )
+    doc.add_argument("--markdown", action="store_true")
+    doc.set_defaults(func=cmd_config_doc)
+    return parser
+
+
+def _size_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--width", type=int, help="output width (default: the config's)")
+    parser.add_argument("--height", type=int, help="output height (default: the config's)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "run":
+        setup_logging("warning")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"talking-head-cam: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TalkingHeadCamError as exc:
+        print(f"talking-head-cam: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

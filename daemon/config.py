@@ -1,0 +1,380 @@
+"""The configuration: one pydantic model that is the single source of defaults, validation
+and documentation (config.yaml and the README's reference are generated from it).
+
+Loading is done in testable layers: find the file → parse YAML → validate. Validation is
+pure; runtime facts (which /dev/videoN, whether a file exists) are resolved afterwards by
+the stage that uses them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from daemon.errors import ConfigError
+
+DEFAULT_LABEL = "Talking Head Cam"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+_DEVICE_RE = re.compile(r"^/dev/video\d+$")
+
+
+class Section(BaseModel):
+    """Base of every config section: a misspelled key is an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class CaptureConfig(Section):
+    """Where the driving video (the person in front of the camera) comes from."""
+
+    source: int | str = Field(
+        "auto",
+        description="auto (first camera that is not our own virtual camera), a camera index "
+        "(0), a device path (/dev/video0), a video file or a still image",
+    )
+    width: int = Field(1280, ge=16, le=7680, description="requested camera width, pixels")
+    height: int = Field(720, ge=16, le=4320, description="requested camera height, pixels")
+    fps: float = Field(30, gt=0, le=240, description="requested camera rate, frames per second")
+    loop: bool = Field(
+        True, description="video file source: start over at its end (false: play once, then idle)"
+    )
+    retry_max_s: float = Field(
+        5.0, gt=0, le=300, description="longest wait between attempts to reopen a lost camera, s"
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: int | str) -> int | str:
+        if isinstance(value, bool):
+            raise ValueError("expected auto, a camera index, /dev/videoN or a file path")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError("a camera index is 0 or more")
+            return value
+        text = value.strip()
+        if not text:
+            raise ValueError("empty; use auto, a camera index, /dev/videoN or a file path")
+        if text.isdigit():
+            return int(text)
+        if text.startswith("/dev/") and not _DEVICE_RE.match(text):
+            raise ValueError(f"{text!r} is not a video device; use /dev/videoN")
+        return text
+
+
+class AvatarConfig(Section):
+    """The one image that is animated."""
+
+    image: str = Field(
+        "default",
+        description="path to a PNG/JPEG avatar image, or 'default' for the embedded one "
+        "(Grace Hopper, public domain)",
+    )
+
+
+class OutputConfig(Section):
+    """The published video, identical for every sink."""
+
+    width: int = Field(1280, ge=16, le=7680, multiple_of=2, description="output width, pixels")
+    height: int = Field(720, ge=16, le=4320, multiple_of=2, description="output height, pixels")
+    fps: float = Field(30, gt=0, le=120, description="output rate, frames per second")
+
+
+class StillGeneratorConfig(Section):
+    """Publishes the avatar image itself, scaled and letterboxed (no animation)."""
+
+    type: Literal["still"] = Field("still", description="still: the avatar image, unanimated")
+
+
+GeneratorConfig = Annotated[StillGeneratorConfig, Field(discriminator="type")]
+
+
+class VirtualCamSinkConfig(Section):
+    """Publishes to a v4l2loopback device that Zoom, Meet and Chrome can select."""
+
+    type: Literal["virtualcam"]
+    device: str = Field(
+        "auto", description="auto (our v4l2loopback device, found by its label) or /dev/videoN"
+    )
+    label: str = Field(
+        DEFAULT_LABEL, min_length=1, description="card_label of our v4l2loopback device"
+    )
+    pixel_format: Literal["I420", "YUYV"] = Field(
+        "I420", description="I420 or YUYV (both accepted by Chrome, Zoom and Meet)"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value != "auto" and not _DEVICE_RE.match(value):
+            raise ValueError(f"{value!r} is not a video device; use auto or /dev/videoN")
+        return value
+
+
+class FileSinkConfig(Section):
+    """Records the published video to an MP4 file."""
+
+    type: Literal["file"]
+    path: str = Field(description="output file; relative paths are relative to the config file")
+    codec: str = Field(
+        "mp4v", min_length=4, max_length=4, description="FourCC of the OpenCV video codec"
+    )
+
+
+class NullSinkConfig(Section):
+    """Discards frames (for benchmarks and headless tests)."""
+
+    type: Literal["null"]
+
+
+SinkConfig = Annotated[
+    VirtualCamSinkConfig | FileSinkConfig | NullSinkConfig, Field(discriminator="type")
+]
+SINK_TYPES = ("virtualcam", "file", "null")
+
+
+class Config(Section):
+    """Talking Head Cam configuration."""
+
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    avatar: AvatarConfig = Field(default_factory=AvatarConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    generator: GeneratorConfig = Field(default_factory=StillGeneratorConfig)
+    sinks: list[SinkConfig] = Field(
+        default_factory=lambda: [VirtualCamSinkConfig(type="virtualcam")],
+        description="where the avatar video goes; several at once, each picked by its type",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="daemon log level (the log goes to stderr, i.e. journald)"
+    )
+
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _unquoted_null(cls, value: Any) -> Any:
+        """`type: null` unquoted is YAML's null; the user obviously meant the null sink."""
+        if isinstance(value, list):
+            return [
+                {**item, "type": "null"}
+                if isinstance(item, Mapping) and "type" in item and item["type"] is None
+                else item
+                for item in value
+            ]
+        return value
+
+    @model_validator(mode="after")
+    def _unique_file_paths(self) -> Config:
+        paths = [s.path for s in self.sinks if isinstance(s, FileSinkConfig)]
+        for path in paths:
+            if paths.count(path) > 1:
+                raise ValueError(f"two file sinks write the same path {path!r}")
+        return self
+
+
+# ---------------------------------------------------------------- finding the file
+
+
+def packaged_default_path() -> Path:
+    """The commented default config shipped inside the package (a copy of config.yaml)."""
+    return Path(str(resources.files("daemon") / "default_config.yaml"))
+
+
+def user_config_path(env: Mapping[str, str] = os.environ) -> Path:
+    """$XDG_CONFIG_HOME/talking-head-cam/config.yaml (XDG default: ~/.config)."""
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
+    return Path(base) / "talking-head-cam" / "config.yaml"
+
+
+def find_config_path(
+    cli_path: str | os.PathLike[str] | None, env: Mapping[str, str] = os.environ
+) -> Path:
+    """Search order: --config, $XDG_CONFIG_HOME/talking-head-cam/config.yaml, packaged default."""
+    if cli_path is not None:
+        path = Path(cli_path)
+        if not path.is_file():
+            raise ConfigError(str(path), ["file not found; pass an existing file to --config"])
+        return path
+    user = user_config_path(env)
+    return user if user.is_file() else packaged_default_path()
+
+
+# ---------------------------------------------------------------- parsing and validating
+
+
+def parse_yaml(text: str, source: str) -> tuple[dict[str, Any], yaml.Node | None]:
+    """YAML text → (mapping, node tree for line numbers); syntax errors name the line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "YAML"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"{where}: YAML syntax error: {problem}"]) from None
+    if data is None:
+        return {}, None
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"top level: expected a mapping of sections, got {_kind(data)}"])
+    return data, node
+
+
+def validate_config(
+    data: Mapping[str, Any], source: str = "config", node: yaml.Node | None = None
+) -> Config:
+    """Mapping → Config, or ConfigError listing every problem as `field.path: message`."""
+    try:
+        return Config.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(err, data, node) for err in exc.errors()]) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate one file; relative paths inside it become relative to its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            str(path), ["file not found; pass an existing file to --config"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc}"]) from None
+    data, node = parse_yaml(text, str(path))
+    return resolve_paths(validate_config(data, str(path), node), path.resolve().parent)
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    """Make file paths in the config absolute, relative to `base` (the config's folder)."""
+
+    def absolute(value: str) -> str:
+        return value if Path(value).is_absolute() else str((base / value).resolve())
+
+    capture = config.capture
+    if (
+        isinstance(capture.source, str)
+        and capture.source != "auto"
+        and not capture.source.startswith("/dev/")
+    ):
+        capture = capture.model_copy(update={"source": absolute(capture.source)})
+    avatar = config.avatar
+    if avatar.image != "default":
+        avatar = avatar.model_copy(update={"image": absolute(avatar.image)})
+    sinks = [
+        s.model_copy(update={"path": absolute(s.path)}) if isinstance(s, FileSinkConfig) else s
+        for s in config.sinks
+    ]
+    return config.model_copy(update={"capture": capture, "avatar": avatar, "sinks": sinks})
+
+
+# ---------------------------------------------------------------- error wording
+
+
+def _kind(value: Any) -> str:
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "true/false",
+    }.get(type(value), type(value).__name__)
+
+
+def _field_path(loc: tuple[Any, ...], data: Mapping[str, Any]) -> tuple[list[str | int], str]:
+    """Pydantic's loc minus union tags (e.g. sinks.0.virtualcam.device → sinks.0.device)."""
+    parts: list[str | int] = []
+    node: Any = data
+    for item in loc:
+        if (isinstance(node, Mapping) and item in node) or (
+            isinstance(node, list) and isinstance(item, int) and item < len(node)
+        ):
+            node = node[item]
+            parts.append(item)
+        elif isinstance(node, Mapping) and item in (*SINK_TYPES, "still"):
+            continue  # the discriminator's branch name, not a key the user wrote
+        else:
+            parts.append(item)
+            node = None
+    return parts, ".".join(str(p) for p in parts) or "top level"
+
+
+def _line_of(node: yaml.Node | None, parts: list[str | int]) -> int | None:
+    """1-based line of the deepest YAML node on the path (None when unknown)."""
+    line = None
+    for part in parts:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == part]
+            if not match:
+                break
+            key, node = match[0]
+            line = key.start_mark.line + 1
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _describe(err: Mapping[str, Any], data: Mapping[str, Any], node: yaml.Node | None) -> str:
+    parts, where = _field_path(tuple(err["loc"]), data)
+    kind, value = err["type"], err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        parent = parts[:-1]
+        allowed = _allowed_keys(parent, data)
+        hint = f"; valid keys here: {', '.join(allowed)}" if allowed else ""
+        message = f"unknown key{hint}"
+    elif kind == "union_tag_invalid":
+        message = (
+            f"unknown sink type {ctx.get('tag')!r}; expected one of: {', '.join(SINK_TYPES)}"
+            if parts and parts[0] == "sinks"
+            else f"unknown type {ctx.get('tag')!r}; expected {ctx.get('expected_tags')}"
+        )
+    elif kind == "union_tag_not_found":
+        message = f"missing 'type'; expected one of: {', '.join(SINK_TYPES)}"
+    elif kind == "missing":
+        message = "required but missing"
+    elif kind == "literal_error":
+        message = f"{value!r} is not allowed; expected {ctx.get('expected')}"
+    else:
+        message = err["msg"].removeprefix("Value error, ")
+        if kind not in {"value_error"} and not isinstance(value, Mapping | list):
+            message += f" (got {value!r})"
+    line = _line_of(node, parts)
+    return f"{where}: {message}" + (f" (line {line})" if line else "")
+
+
+_TAGGED: dict[str, type[BaseModel]] = {
+    "virtualcam": VirtualCamSinkConfig,
+    "file": FileSinkConfig,
+    "null": NullSinkConfig,
+    "still": StillGeneratorConfig,
+}
+
+
+def _allowed_keys(parent: list[str | int], data: Mapping[str, Any]) -> list[str]:
+    """Field names of the section at `parent`, to list next to an unknown key."""
+    model: type[BaseModel] | None = Config
+    value: Any = data
+    for part in parent:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return []
+        if isinstance(value, Mapping) and str(value.get("type")) in _TAGGED:
+            model = _TAGGED[str(value["type"])]
+        elif model is not None and isinstance(part, str) and part in model.model_fields:
+            annotation = model.model_fields[part].annotation
+            is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            model = annotation if is_section else None
+        else:
+            model = None
+    return sorted(model.model_fields) if model is not None else []

@@ -1,0 +1,205 @@
+"""`talking-head-cam doctor`: every check a user needs, each failure with its fix."""
+
+from __future__ import annotations
+
+import grp
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from daemon.config import VirtualCamSinkConfig, find_config_path, load_config
+from daemon.errors import ConfigError
+from daemon.sinks import MODPROBE_HINT
+from daemon.v4l2 import (
+    SYSFS_ROOT,
+    V4L2_CAP_VIDEO_OUTPUT,
+    device_caps,
+    find_device_by_label,
+    list_video_devices,
+    loopback_module_loaded,
+    loopback_parameter,
+    loopback_version,
+)
+from engines.backends import probe_accelerators
+
+Status = Literal["ok", "warn", "fail", "info"]
+DEPENDENCIES = ("mediapipe", "cv2", "numpy", "yaml", "pydantic", "pyvirtualcam", "matplotlib")
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def format(self) -> str:
+        line = f"[{self.status.upper():>4}] {self.name}: {self.detail}"
+        return line + (f"\n       fix: {self.fix}" if self.fix else "")
+
+
+def check_python() -> Check:
+    found, missing = [], []
+    for module in DEPENDENCIES:
+        try:
+            found.append(f"{module} {getattr(importlib.import_module(module), '__version__', '?')}")
+        except Exception as exc:  # a broken install raises more than ImportError
+            missing.append(f"{module} ({type(exc).__name__}: {exc})")
+    if missing:
+        return Check(
+            "python",
+            "fail",
+            "cannot import " + "; ".join(missing),
+            "make install (or: pip install talking-head-cam)",
+        )
+    return Check("python", "ok", ", ".join(found))
+
+
+def check_config(config_arg: str | None) -> tuple[Check, list[VirtualCamSinkConfig]]:
+    try:
+        path = find_config_path(config_arg)
+        config = load_config(path)
+    except ConfigError as exc:
+        return Check(
+            "config",
+            "fail",
+            str(exc),
+            "fix the fields listed above; 'talking-head-cam check-config FILE' re-checks",
+        ), []
+    cams = [s for s in config.sinks if isinstance(s, VirtualCamSinkConfig)]
+    return Check("config", "ok", f"{path} is valid"), cams
+
+
+def check_cameras(sysfs_root: Path) -> Check:
+    cameras = [d for d in list_video_devices(sysfs_root) if not d.is_loopback]
+    if not cameras:
+        return Check(
+            "camera",
+            "warn",
+            "no camera device found (/dev/video*)",
+            "plug in a webcam, or set capture.source to a video file; until then the avatar idles",
+        )
+    return Check("camera", "ok", ", ".join(f"{d.node} {d.name!r}" for d in cameras))
+
+
+def check_loopback(sysfs_root: Path, sinks: list[VirtualCamSinkConfig]) -> list[Check]:
+    if not loopback_module_loaded(sysfs_root):
+        return [
+            Check(
+                "v4l2loopback",
+                "fail",
+                "the v4l2loopback kernel module is not loaded, so "
+                "there is no virtual camera for Zoom/Meet/Chrome to pick",
+                f"sudo apt install v4l2loopback-dkms; {MODPROBE_HINT}; to load it at every "
+                "boot: sudo cp systemd/v4l2loopback.conf /etc/modprobe.d/ && sudo cp "
+                "systemd/modules-load.conf /etc/modules-load.d/v4l2loopback.conf",
+            )
+        ]
+    version = loopback_version(sysfs_root) or "unknown version"
+    checks = [Check("v4l2loopback", "ok", f"module loaded ({version})")]
+    if version.startswith("0.12."):
+        checks.append(
+            Check(
+                "v4l2loopback version",
+                "info",
+                f"{version} gets stuck after a "
+                "writer closes; the daemon restores the device by itself",
+            )
+        )
+    exclusive = loopback_parameter("exclusive_caps", sysfs_root)
+    if exclusive is not None and "Y" not in exclusive and "1" not in exclusive:
+        checks.append(
+            Check(
+                "exclusive_caps",
+                "warn",
+                f"exclusive_caps={exclusive}: Chrome and Meet do not list the virtual camera",
+                "reload the module with exclusive_caps=1 (see systemd/v4l2loopback.conf)",
+            )
+        )
+    for sink in sinks or [VirtualCamSinkConfig(type="virtualcam")]:
+        checks.append(_check_our_device(sink, sysfs_root))
+    return checks
+
+
+def _check_our_device(sink: VirtualCamSinkConfig, sysfs_root: Path) -> Check:
+    name = f"virtual camera {sink.label!r}"
+    if sink.device == "auto":
+        device = find_device_by_label(sink.label, sysfs_root)
+        if device is None:
+            labels = [
+                f"{d.node} {d.name!r}" for d in list_video_devices(sysfs_root) if d.is_loopback
+            ]
+            return Check(
+                name,
+                "fail",
+                f"no loopback device has this label (found: {', '.join(labels) or 'none'})",
+                f'reload v4l2loopback with card_label="{sink.label}": sudo modprobe -r '
+                f"v4l2loopback && {MODPROBE_HINT}",
+            )
+        node = device.node
+    else:
+        node = sink.device
+    if not os.path.exists(node):
+        return Check(name, "fail", f"{node} does not exist", MODPROBE_HINT)
+    if not os.access(node, os.R_OK | os.W_OK):
+        return Check(
+            name,
+            "fail",
+            f"no permission to open {node}",
+            "sudo usermod -aG video $USER, then log out and in again",
+        )
+    caps = device_caps(node)
+    if caps is not None and not caps & V4L2_CAP_VIDEO_OUTPUT:
+        return Check(
+            name,
+            "info",
+            f"{node} is in use by a writer or is stuck (v4l2loopback "
+            "0.12); the daemon restores it when it opens the device",
+        )
+    return Check(name, "ok", f"{node}")
+
+
+def check_video_group() -> Check:
+    try:
+        video = grp.getgrnam("video")
+    except KeyError:
+        return Check("video group", "info", "this system has no 'video' group")
+    if os.getuid() == 0 or video.gr_gid in os.getgroups():
+        return Check("video group", "ok", "you can open video devices")
+    return Check(
+        "video group",
+        "warn",
+        "your user is not in the 'video' group",
+        "sudo usermod -aG video $USER, then log out and in again",
+    )
+
+
+def check_accelerators() -> list[Check]:
+    report = probe_accelerators()
+    checks = [
+        Check(
+            "gpu",
+            "info",
+            ", ".join(report.gpus)
+            or "no NVIDIA GPU found; the CPU path runs in real time without one",
+        )
+    ]
+    for backend in report.backends:
+        checks.append(
+            Check(f"engine {backend.name}", "ok" if backend.available else "info", backend.detail)
+        )
+    return checks
+
+
+def run_checks(config_arg: str | None, sysfs_root: Path = SYSFS_ROOT) -> list[Check]:
+    config_check, cams = check_config(config_arg)
+    return [
+        check_python(),
+        config_check,
+        check_cameras(sysfs_root),
+        *check_loopback(sysfs_root, cams),
+        check_video_group(),
+        *check_accelerators(),
+    ]

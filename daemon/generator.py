@@ -1,0 +1,54 @@
+"""Generator stage: makes the output frame from the avatar (and, later, the driver's motion).
+
+Backends are picked by `generator.type`; every backend renders at the output size and never
+returns (or blends in) a camera frame.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from daemon.config import Config, StillGeneratorConfig
+from daemon.frames import CapturedFrame
+
+LETTERBOX_BGR = (0, 0, 0)
+
+
+class Generator(Protocol):
+    """Renders one output frame (BGR uint8, output size) per call."""
+
+    def render(self, driver: CapturedFrame | None) -> np.ndarray: ...
+
+
+def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Scale `image` to fit width x height keeping its aspect ratio; pad with bars."""
+    src_h, src_w = image.shape[:2]
+    scale = min(width / src_w, height / src_h)
+    new_w, new_h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    out = np.empty((height, width, 3), np.uint8)
+    out[:] = LETTERBOX_BGR
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    out[top : top + new_h, left : left + new_w] = resized
+    return out
+
+
+class StillGenerator:
+    """The avatar image itself, scaled and letterboxed: what is published until motion exists."""
+
+    def __init__(self, config: StillGeneratorConfig, avatar: np.ndarray, width: int, height: int):
+        self._frame = letterbox(avatar, width, height)
+        self._frame.setflags(write=False)
+
+    def render(self, driver: CapturedFrame | None) -> np.ndarray:
+        return self._frame
+
+
+def build_generator(config: Config, avatar: np.ndarray) -> Generator:
+    backends = {"still": StillGenerator}
+    backend = backends[config.generator.type]
+    return backend(config.generator, avatar, config.output.width, config.output.height)

@@ -1,0 +1,390 @@
+"""Sinks: where the published frames go (virtual camera, MP4 file, nowhere).
+
+Contract of a sink backend: `open()` raises SinkError with a message that tells the user the
+fix; `write(frame)` takes a BGR uint8 frame at the output size and raises on failure;
+`close()` is safe to call more than once. Each sink runs on its own worker thread behind a
+one-frame mailbox (latest wins), so a sink that fails, blocks or is retrying never holds up
+the frame loop or the other sinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import cv2
+import numpy as np
+
+from daemon.config import (
+    FileSinkConfig,
+    NullSinkConfig,
+    OutputConfig,
+    SinkConfig,
+    VirtualCamSinkConfig,
+)
+from daemon.errors import SinkError
+from daemon.frames import OutputFrame
+from daemon.stats import RollingStats
+from daemon.v4l2 import (
+    SYSFS_ROOT,
+    find_device_by_label,
+    list_video_devices,
+    loopback_module_loaded,
+    restore_output_caps,
+)
+
+log = logging.getLogger(__name__)
+
+MODPROBE_HINT = (
+    'sudo modprobe v4l2loopback devices=1 video_nr=10 card_label="Talking Head Cam" '
+    "exclusive_caps=1"
+)
+SinkState = Literal["opening", "ok", "failed", "closed"]
+
+
+class Sink(Protocol):
+    name: str
+
+    def open(self) -> None: ...
+
+    def write(self, frame: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------- pixel formats
+
+
+def bgr_to_i420(frame: np.ndarray) -> np.ndarray:
+    """BGR → planar Y, U, V (4:2:0), as one flat buffer."""
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).reshape(-1)
+
+
+def bgr_to_yuyv(frame: np.ndarray) -> np.ndarray:
+    """BGR → packed Y0 U Y1 V (4:2:2), as one flat buffer; chroma averaged over pixel pairs."""
+    yuv = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV).astype(np.uint16)
+    height, width = frame.shape[:2]
+    packed = np.empty((height, width // 2, 4), np.uint8)
+    packed[:, :, 0] = yuv[:, 0::2, 0]
+    packed[:, :, 2] = yuv[:, 1::2, 0]
+    packed[:, :, 1] = (yuv[:, 0::2, 1] + yuv[:, 1::2, 1] + 1) >> 1
+    packed[:, :, 3] = (yuv[:, 0::2, 2] + yuv[:, 1::2, 2] + 1) >> 1
+    return packed.reshape(-1)
+
+
+# ---------------------------------------------------------------- backends
+
+
+class VirtualCamSink:
+    """A v4l2loopback device through pyvirtualcam, found by its card label."""
+
+    def __init__(
+        self, config: VirtualCamSinkConfig, output: OutputConfig, sysfs_root: Path = SYSFS_ROOT
+    ):
+        self.config, self.output, self._sysfs_root = config, output, sysfs_root
+        self.name = f"virtualcam({config.device if config.device != 'auto' else config.label})"
+        self.device: str | None = None
+        self._cam = None
+        self._convert = bgr_to_i420 if config.pixel_format == "I420" else bgr_to_yuyv
+
+    def resolve_device(self) -> str:
+        """`device: auto` → the loopback device labelled `label`; errors say how to fix it."""
+        if self.config.device != "auto":
+            if not os.path.exists(self.config.device):
+                raise SinkError(
+                    f"{self.config.device} does not exist; load v4l2loopback: {MODPROBE_HINT}"
+                )
+            return self.config.device
+        found = find_device_by_label(self.config.label, self._sysfs_root)
+        if found is not None:
+            return found.node
+        if not loopback_module_loaded(self._sysfs_root):
+            raise SinkError(
+                f"v4l2loopback is not loaded (no virtual camera); run: {MODPROBE_HINT}"
+                " — or 'make install-service' for the permanent setup"
+            )
+        others = [
+            f"{d.node} {d.name!r}" for d in list_video_devices(self._sysfs_root) if d.is_loopback
+        ]
+        raise SinkError(
+            f"no v4l2loopback device is labelled {self.config.label!r} (found: "
+            f"{', '.join(others) or 'none'}); reload the module with "
+            f'card_label="{self.config.label}" or set this sink\'s device/label'
+        )
+
+    def open(self) -> None:
+        import pyvirtualcam
+
+        node = self.resolve_device()
+        if not os.access(node, os.R_OK | os.W_OK):
+            raise SinkError(
+                f"no permission to open {node}; add your user to the 'video' group "
+                "(sudo usermod -aG video $USER, then log in again)"
+            )
+        fmt = pyvirtualcam.PixelFormat[self.config.pixel_format]
+        out = self.output
+        try:
+            self._cam = pyvirtualcam.Camera(
+                out.width, out.height, out.fps, fmt=fmt, device=node, backend="v4l2loopback"
+            )
+        except RuntimeError as exc:
+            if "not a video output device" not in str(exc):
+                raise SinkError(f"cannot open {node}: {exc}") from None
+            # v4l2loopback 0.12.x after a writer closed: restore its output caps, try again
+            log.warning(
+                "%s: %s is stuck (v4l2loopback 0.12 after a writer closed); "
+                "restoring its output capability",
+                self.name,
+                node,
+            )
+            restore_output_caps(node)
+            try:
+                self._cam = pyvirtualcam.Camera(
+                    out.width, out.height, out.fps, fmt=fmt, device=node, backend="v4l2loopback"
+                )
+            except RuntimeError as again:
+                raise SinkError(
+                    f"cannot open {node}: {again}; reload the module: "
+                    f"sudo modprobe -r v4l2loopback && {MODPROBE_HINT}"
+                ) from None
+        self.device = node
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._cam is None:
+            raise SinkError(f"{self.name} is not open")
+        self._cam.send(self._convert(frame))
+
+    def close(self) -> None:
+        cam, self._cam = self._cam, None
+        if cam is not None:
+            cam.close()
+
+
+class FileSink:
+    """An MP4 (or any OpenCV container) file at the output size and rate."""
+
+    def __init__(self, config: FileSinkConfig, output: OutputConfig):
+        self.config, self.output = config, output
+        self.name = f"file({config.path})"
+        self._writer: cv2.VideoWriter | None = None
+        self.frames_written = 0
+
+    def open(self) -> None:
+        path = Path(self.config.path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(f"cannot create the folder {path.parent}: {exc.strerror}") from None
+        writer = cv2.VideoWriter(
+            str(path),
+            cv2.VideoWriter.fourcc(*self.config.codec),
+            self.output.fps,
+            (self.output.width, self.output.height),
+        )
+        if not writer.isOpened():
+            writer.release()
+            raise SinkError(
+                f"cannot write {path}: check that the folder is writable and the "
+                f"codec {self.config.codec!r} fits the file type"
+            )
+        self._writer = writer
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._writer is None:
+            raise SinkError(f"{self.name} is not open")
+        expected = (self.output.height, self.output.width, 3)
+        if frame.shape != expected:
+            raise SinkError(f"unexpected frame shape: {frame.shape} != {expected}")
+        self._writer.write(frame)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.release()
+
+
+class NullSink:
+    """Discards every frame."""
+
+    name = "null"
+
+    def __init__(self, config: NullSinkConfig, output: OutputConfig):
+        self.config = config
+
+    def open(self) -> None:
+        pass
+
+    def write(self, frame: np.ndarray) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def build_sink(config: SinkConfig, output: OutputConfig, sysfs_root: Path = SYSFS_ROOT) -> Sink:
+    if isinstance(config, VirtualCamSinkConfig):
+        return VirtualCamSink(config, output, sysfs_root)
+    if isinstance(config, FileSinkConfig):
+        return FileSink(config, output)
+    return NullSink(config, output)
+
+
+# ---------------------------------------------------------------- isolation
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStatus:
+    name: str
+    state: SinkState
+    detail: str
+    frames_written: int
+    frames_dropped: int
+
+
+class SinkWorker:
+    """Runs one sink on its own thread: opens it (retrying with backoff), writes the newest
+    frame, reopens after a failure. A failure is logged once per state change."""
+
+    def __init__(
+        self, sink: Sink, config: SinkConfig, stats: RollingStats, retry_max_s: float = 5.0
+    ):
+        self.sink, self.config, self._stats = sink, config, stats
+        self._retry_max_s = retry_max_s
+        self._cond = threading.Condition()
+        self._pending: OutputFrame | None = None
+        self._stop = threading.Event()
+        self.state: SinkState = "opening"
+        self.detail = ""
+        self.frames_written = 0
+        self.frames_dropped = 0
+        self._thread = threading.Thread(target=self._run, name=f"sink:{sink.name}", daemon=True)
+        self._thread.start()
+
+    def post(self, frame: OutputFrame) -> None:
+        """Hand over the newest frame; an unwritten older one is dropped (and counted)."""
+        with self._cond:
+            if self._pending is not None and self.state == "ok":
+                self.frames_dropped += 1
+            self._pending = frame
+            self._cond.notify()
+
+    def status(self) -> SinkStatus:
+        return SinkStatus(
+            self.sink.name, self.state, self.detail, self.frames_written, self.frames_dropped
+        )
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify()
+
+    def close(self, timeout_s: float = 0.5) -> None:
+        self.request_stop()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("%s: still busy after %.1f s; leaving it behind", self.sink.name, timeout_s)
+
+    def _run(self) -> None:
+        retry_s = 0.5
+        try:
+            while not self._stop.is_set():
+                if self.state != "ok" and not self._try_open():
+                    self._stop.wait(retry_s)
+                    retry_s = min(retry_s * 2, self._retry_max_s)
+                    continue
+                retry_s = 0.5
+                frame = self._take()
+                if frame is not None:
+                    self._write(frame)
+        finally:
+            self._close_sink()
+            self.state = "closed"
+
+    def _try_open(self) -> bool:
+        try:
+            self.sink.open()
+        except Exception as exc:
+            detail = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__}: {exc}"
+            self._set_state("failed", f"{detail}; retrying every ≤{self._retry_max_s:g} s")
+            self._close_sink()
+            return False
+        where = getattr(self.sink, "device", None)
+        self._set_state("ok", f"publishing to {where}" if where else "publishing")
+        return True
+
+    def _take(self) -> OutputFrame | None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending is not None or self._stop.is_set(), 0.5)
+            frame, self._pending = self._pending, None
+        return frame
+
+    def _write(self, frame: OutputFrame) -> None:
+        start = time.perf_counter()
+        try:
+            self.sink.write(frame.image)
+        except Exception as exc:
+            self._set_state("failed", f"write failed ({type(exc).__name__}: {exc}); reopening")
+            self._close_sink()
+            return
+        self._stats.record(f"sink:{self.sink.name}", (time.perf_counter() - start) * 1e3)
+        self.frames_written += 1
+
+    def _close_sink(self) -> None:
+        try:
+            self.sink.close()
+        except Exception as exc:
+            log.warning("%s: error while closing: %s", self.sink.name, exc)
+
+    def _set_state(self, state: SinkState, detail: str) -> None:
+        changed = (state, detail) != (self.state, self.detail)
+        self.state, self.detail = state, detail
+        if changed:
+            level = logging.ERROR if state == "failed" else logging.INFO
+            log.log(level, "%s: %s", self.sink.name, detail)
+
+
+class SinkSet:
+    """All configured sinks; `post` fans one frame out to every worker."""
+
+    def __init__(self, stats: RollingStats, sysfs_root: Path = SYSFS_ROOT):
+        self._stats, self._sysfs_root = stats, sysfs_root
+        self._workers: tuple[SinkWorker, ...] = ()
+        self._output: OutputConfig | None = None
+
+    def configure(self, configs: Sequence[SinkConfig], output: OutputConfig) -> list[str]:
+        """Keep workers whose config (and the output format) is unchanged, replace the rest.
+        Returns the names of sinks that were (re)started."""
+        keep = [w for w in self._workers if w.config in configs and output == self._output]
+        for worker in self._workers:
+            if worker not in keep:
+                worker.close()
+        kept_configs = [w.config for w in keep]
+        started = [
+            SinkWorker(build_sink(c, output, self._sysfs_root), c, self._stats)
+            for c in configs
+            if c not in kept_configs
+        ]
+        self._workers = tuple(keep + started)
+        self._output = output
+        return [w.sink.name for w in started]
+
+    def post(self, frame: OutputFrame) -> None:
+        for worker in self._workers:
+            worker.post(frame)
+
+    def statuses(self) -> list[SinkStatus]:
+        return [w.status() for w in self._workers]
+
+    def close(self, timeout_s: float = 0.5) -> None:
+        workers, self._workers = self._workers, ()
+        for worker in workers:  # all stop together, so the total wait stays one timeout
+            worker.request_stop()
+        for worker in workers:
+            worker.close(timeout_s)

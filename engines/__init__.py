@@ -1,0 +1,1 @@
+"""Model engines: landmark and generator networks and the backends that run them."""

@@ -1,0 +1,187 @@
+"""Shared test helpers: real face images, real video files, a real sd_notify socket and a
+real daemon process. Nothing here needs a camera, a GPU or v4l2loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon.avatar import load_avatar
+from daemon.generator import letterbox
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def face_image() -> np.ndarray:
+    """Grace Hopper (the embedded default avatar), BGR."""
+    return load_avatar("default")
+
+
+@pytest.fixture(scope="session")
+def other_face() -> np.ndarray:
+    """A second real face, used as the *camera* so it can never be mistaken for the avatar:
+    a dev-data avatar when ../shared/data is there, else a mirrored, recoloured Grace Hopper."""
+    path = SHARED_DATA / "avatars" / "photo_woman_neutral.png"
+    if path.is_file():
+        return cv2.imread(str(path))
+    hopper = load_avatar("default")
+    return cv2.applyColorMap(cv2.cvtColor(hopper[:, ::-1], cv2.COLOR_BGR2GRAY), cv2.COLORMAP_JET)
+
+
+def write_video(
+    path: Path, image: np.ndarray, frames: int, fps: float, size: tuple[int, int] = (320, 240)
+) -> Path:
+    """A real MP4 of `image` drifting, so consecutive frames differ."""
+    base = cv2.resize(image, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        shift = np.float32([[1, 0, (i % 10) - 5], [0, 1, 0]])
+        writer.write(cv2.warpAffine(base, shift, size, borderMode=cv2.BORDER_REFLECT))
+    writer.release()
+    return path
+
+
+def read_video(path: Path) -> tuple[list[np.ndarray], float]:
+    cap = cv2.VideoCapture(str(path))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames, fps
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(np.abs(a.astype(np.int16) - b.astype(np.int16))))
+
+
+def expected_still(avatar: np.ndarray, width: int, height: int) -> np.ndarray:
+    return letterbox(avatar, width, height)
+
+
+class NotifySocket:
+    """The systemd side of sd_notify: a datagram socket that records what arrives."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._closed:
+            try:
+                data = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._cond:
+                self.messages.append((time.monotonic(), data.decode()))
+                self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout_s: float = 30.0, after: int = 0) -> int:
+        """Index of the first message at or after `after` that contains `text`."""
+
+        def find() -> int | None:
+            for i, (_, msg) in enumerate(self.messages[after:], after):
+                if text in msg:
+                    return i
+            return None
+
+        with self._cond:
+            self._cond.wait_for(lambda: find() is not None, timeout_s)
+            index = find()
+        assert index is not None, f"no {text!r} within {timeout_s} s; got {self.texts()}"
+        return index
+
+    def texts(self) -> list[str]:
+        with self._cond:
+            return [m for _, m in self.messages]
+
+    def close(self) -> None:
+        self._closed = True
+        self._sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+class DaemonProcess:
+    """`talking-head-cam run` as a real child process, its stderr captured to a file."""
+
+    def __init__(self, config: Path, notify: NotifySocket | None, env: dict[str, str]):
+        self.log_path = config.parent / "daemon.log"
+        child_env = {**os.environ, **env}
+        child_env.pop("NOTIFY_SOCKET", None)
+        if notify is not None:
+            child_env["NOTIFY_SOCKET"] = str(notify.path)
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "--config", str(config), "run"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            cwd=config.parent,
+        )
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout_s: float = 5.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, notify_socket: NotifySocket):
+    started: list[DaemonProcess] = []
+
+    def start(
+        config_text: str, env: dict[str, str] | None = None, notify: bool = True
+    ) -> DaemonProcess:
+        config = tmp_path / "config.yaml"
+        config.write_text(config_text)
+        daemon = DaemonProcess(config, notify_socket if notify else None, env or {})
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
