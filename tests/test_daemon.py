@@ -1,0 +1,155 @@
+"""The daemon as a real process: sd_notify over a real socket, real signals, real files."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from conftest import expected_still, mean_abs_diff, read_video, write_video
+
+SIZE = (320, 240)
+WATCHDOG = {"WATCHDOG_USEC": "3000000"}  # pings every second while frames flow
+
+
+def config_text(source: str, *sinks: Path, extra: str = "") -> str:
+    sink_lines = "".join(f"  - {{type: file, path: {p}}}\n" for p in sinks)
+    return (
+        f"capture: {{source: {source}, retry_max_s: 0.5}}\n"
+        f"output: {{width: {SIZE[0]}, height: {SIZE[1]}, fps: 20}}\n"
+        f"sinks:\n{sink_lines}  - {{type: 'null'}}\n{extra}"
+    )
+
+
+def wait_for_pings(notify_socket, count: int, after: int) -> int:
+    """Index of the count-th WATCHDOG=1 after `after` (pings come once a second)."""
+    for _ in range(count):
+        after = notify_socket.wait_for("WATCHDOG=1", after=after) + 1
+    return after - 1
+
+
+def assert_all_avatar(frames, avatar, camera=None):
+    still = expected_still(avatar, *SIZE)
+    assert frames, "no frames were published"
+    for frame in frames:
+        assert mean_abs_diff(frame, still) < 6
+        if camera is not None:
+            assert mean_abs_diff(frame, camera) > 30
+
+
+def test_camera_missing_at_start_keeps_publishing_to_a_file(
+    start_daemon, notify_socket, tmp_path, face_image
+):
+    out = tmp_path / "live.mp4"
+    daemon = start_daemon(config_text("/dev/video99", out), env=WATCHDOG)
+    ready = notify_socket.wait_for("READY=1")
+    assert "capture missing" in notify_socket.texts()[ready]
+    wait_for_pings(notify_socket, 2, after=ready)  # a second of frames flowing
+    assert daemon.stop() == 0
+    frames, fps = read_video(out)
+    assert fps == 20 and len(frames) >= 10
+    assert_all_avatar(frames, face_image)
+    log = daemon.log()
+    assert log.count("Capture(/dev/video99): missing: /dev/video99 does not exist") == 1
+    assert "retrying" in log
+
+
+def test_camera_frames_are_never_published(
+    start_daemon, notify_socket, tmp_path, face_image, other_face
+):
+    clip = write_video(tmp_path / "camera.mp4", other_face, frames=30, fps=30, size=SIZE)
+    out = tmp_path / "live.mp4"
+    daemon = start_daemon(config_text(str(clip), out), env=WATCHDOG)
+    ready = notify_socket.wait_for("READY=1")
+    notify_socket.wait_for("live;", after=ready)  # the camera really is streaming
+    wait_for_pings(notify_socket, 2, after=ready)
+    assert daemon.stop() == 0
+    camera = read_video(clip)[0][0]
+    assert_all_avatar(read_video(out)[0], face_image, camera=camera)
+
+
+def test_bad_avatar_file_falls_back_to_the_default_and_keeps_running(
+    start_daemon, notify_socket, tmp_path, face_image
+):
+    out = tmp_path / "live.mp4"
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    daemon = start_daemon(config_text("/dev/video99", out, extra="avatar: {image: broken.png}\n"))
+    notify_socket.wait_for("READY=1")
+    assert daemon.stop() == 0
+    assert "broken.png is not a readable image; use a PNG or JPEG file" in daemon.log()
+    assert_all_avatar(read_video(out)[0], face_image)
+
+
+def test_sighup_applies_a_good_config_and_keeps_the_old_on_a_bad_one(
+    start_daemon, notify_socket, tmp_path
+):
+    first, second = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    daemon = start_daemon(config_text("/dev/video99", first), env=WATCHDOG)
+    config = tmp_path / "config.yaml"
+    ready = notify_socket.wait_for("READY=1")
+
+    config.write_text(config_text("/dev/video99", first, second))
+    daemon.signal(signal.SIGHUP)
+    reloading = notify_socket.wait_for("RELOADING=1", after=ready)
+    reloaded = notify_socket.wait_for("READY=1", after=reloading)
+    assert "reload rejected" not in notify_socket.texts()[reloaded]
+
+    config.write_text("output: {fps: fast}\nsinks: [{type: file}]\n")
+    daemon.signal(signal.SIGHUP)
+    reloading = notify_socket.wait_for("RELOADING=1", after=reloaded)
+    rejected = notify_socket.wait_for("READY=1", after=reloading)
+    assert "reload rejected" in notify_socket.texts()[rejected]
+    notify_socket.wait_for("WATCHDOG=1", after=rejected)  # still publishing
+    assert daemon.proc.poll() is None
+
+    assert daemon.stop() == 0
+    log = daemon.log()
+    assert "reloaded" in log and "sinks" in log
+    assert "reload rejected: output.fps: Input should be a valid number" in log
+    assert "reload rejected: sinks.0.path: required but missing" in log
+    assert "reload rejected: keeping the current config" in log
+    assert len(read_video(second)[0]) >= 1  # the sink added by the good reload published
+    frames_first = read_video(first)[0]
+    assert len(frames_first) > len(read_video(second)[0])  # the first sink was kept running
+
+
+def test_sigterm_stops_cleanly_within_a_second(start_daemon, notify_socket, tmp_path):
+    out = tmp_path / "live.mp4"
+    daemon = start_daemon(config_text("/dev/video99", out))
+    notify_socket.wait_for("READY=1")
+    sent = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    daemon.proc.wait(5)
+    took = time.monotonic() - sent
+    assert daemon.proc.returncode == 0
+    assert took < 1.0, f"stopping took {took:.2f} s"
+    assert notify_socket.wait_for("STOPPING=1") == len(notify_socket.texts()) - 1
+    assert "stopped in" in daemon.log()
+    assert len(read_video(out)[0]) >= 1  # the file sink was closed properly (readable mp4)
+
+
+def test_sd_notify_messages_arrive_in_order_and_watchdog_stops_on_a_stall(
+    start_daemon, notify_socket, tmp_path
+):
+    daemon = start_daemon(
+        config_text("/dev/video99"), env={**WATCHDOG, "TALKING_HEAD_CAM_TEST_HOOKS": "1"}
+    )
+    ready = notify_socket.wait_for("READY=1")
+    assert ready == 0, "READY=1 must be the first message"
+    assert "STATUS=" in notify_socket.texts()[0]
+    first_ping = notify_socket.wait_for("WATCHDOG=1", after=ready)
+
+    daemon.signal(signal.SIGUSR2)  # test hook: the frame loop stops publishing
+    stalled = notify_socket.wait_for("STATUS=stalled", after=first_ping)
+    window_end = time.monotonic() + 1.5  # 1.5 ping intervals of observation
+    while time.monotonic() < window_end:
+        assert "WATCHDOG=1" not in notify_socket.texts()[stalled:]
+        time.sleep(0.05)
+
+    daemon.signal(signal.SIGUSR2)  # resume: pings come back
+    notify_socket.wait_for("WATCHDOG=1", after=stalled)
+    assert daemon.stop() == 0
+    texts = notify_socket.texts()
+    assert texts[-1] == "STOPPING=1"
+    assert texts.count("STOPPING=1") == 1
+    assert "test hook: frame loop stalled" in daemon.log()

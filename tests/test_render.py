@@ -1,0 +1,108 @@
+"""`render`, `demo` and `bench` through the CLI, on real video files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cv2
+import pytest
+from conftest import SHARED_DATA, expected_still, mean_abs_diff, read_video, write_video
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_render_writes_one_frame_per_driver_frame_at_the_driver_fps(
+    tmp_path, face_image, other_face
+):
+    driver = write_video(tmp_path / "driver.mp4", other_face, frames=37, fps=25)
+    avatar = tmp_path / "avatar.png"
+    cv2.imwrite(str(avatar), face_image)
+    out = tmp_path / "out.mp4"
+    result = cli(
+        "render",
+        "--avatar",
+        str(avatar),
+        "--driver",
+        str(driver),
+        "--out",
+        str(out),
+        "--width",
+        "256",
+        "--height",
+        "192",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {out} (37 frames, 256x192 @ 25 fps)"
+    frames, fps = read_video(out)
+    assert (len(frames), fps) == (37, 25)
+    still = expected_still(face_image, 256, 192)
+    camera = cv2.resize(other_face, (256, 192))
+    for frame in frames:
+        assert mean_abs_diff(frame, still) < 6 < 30 < mean_abs_diff(frame, camera)
+
+
+def test_render_a_dev_clip_frame_for_frame(tmp_path):
+    clip = SHARED_DATA / "driving" / "talk_c.mp4"
+    if not clip.is_file():
+        pytest.skip(f"dev data not present: {clip} (see ../shared/data/README.md)")
+    cap = cv2.VideoCapture(str(clip))
+    count, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    out = tmp_path / "out.mp4"
+    result = cli(
+        "render", "--driver", str(clip), "--out", str(out), "--width", "320", "--height", "180"
+    )
+    assert result.returncode == 0, result.stderr
+    frames, out_fps = read_video(out)
+    assert (len(frames), out_fps) == (count, fps)
+
+
+def test_render_errors_are_one_clear_line(tmp_path, face_image):
+    result = cli("render", "--driver", str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "o.mp4"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"talking-head-cam: video file {tmp_path / 'nope.mp4'} not found; fix capture.source"
+    )
+    driver = write_video(tmp_path / "d.mp4", face_image, frames=2, fps=10)
+    result = cli(
+        "render",
+        "--avatar",
+        str(tmp_path / "missing.png"),
+        "--driver",
+        str(driver),
+        "--out",
+        str(tmp_path / "o.mp4"),
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"talking-head-cam: avatar.image: {tmp_path / 'missing.png'}"
+        " not found; fix the path or use 'default'"
+    )
+
+
+def test_demo_needs_no_camera_and_says_where_it_wrote(tmp_path, face_image):
+    out = tmp_path / "demo.mp4"
+    result = cli("demo", "--out", str(out), "--seconds", "1", "--width", "320", "--height", "240")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {out} (30 frames, 320x240 @ 30 fps)"
+    frames, _ = read_video(out)
+    assert len(frames) == 30
+    assert mean_abs_diff(frames[0], expected_still(face_image, 320, 240)) < 6
+
+
+def test_bench_prints_per_stage_latency_and_loop_fps(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("output: {width: 320, height: 240}\n")
+    result = cli("--config", str(config), "bench", "--frames", "20")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "pipeline at 320x240, 20 frames, unpaced"
+    stages = {line.split()[0] for line in lines[2:-1]}
+    assert {"capture_decode", "generator", "sink:file"} <= stages
+    assert lines[-1].startswith("loop fps (unpaced, whole pipeline): ")
+    assert float(lines[-1].rsplit(" ", 1)[1]) > 0
