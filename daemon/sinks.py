@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import cv2
 import numpy as np
@@ -67,14 +67,22 @@ def bgr_to_i420(frame: np.ndarray) -> np.ndarray:
 
 
 def bgr_to_yuyv(frame: np.ndarray) -> np.ndarray:
-    """BGR → packed Y0 U Y1 V (4:2:2), as one flat buffer; chroma averaged over pixel pairs."""
-    yuv = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV).astype(np.uint16)
+    """BGR → packed Y0 U Y1 V (4:2:2), as one flat buffer.
+
+    Built from OpenCV's I420 conversion so both formats use the same BT.601 video-range
+    coefficients that readers (Chrome, ffmpeg) assume; chroma rows are repeated.
+    """
     height, width = frame.shape[:2]
+    planes = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).reshape(-1)
+    y = planes[: width * height].reshape(height, width)
+    quarter = width * height // 4
+    u = planes[width * height : width * height + quarter].reshape(height // 2, width // 2)
+    v = planes[width * height + quarter :].reshape(height // 2, width // 2)
     packed = np.empty((height, width // 2, 4), np.uint8)
-    packed[:, :, 0] = yuv[:, 0::2, 0]
-    packed[:, :, 2] = yuv[:, 1::2, 0]
-    packed[:, :, 1] = (yuv[:, 0::2, 1] + yuv[:, 1::2, 1] + 1) >> 1
-    packed[:, :, 3] = (yuv[:, 0::2, 2] + yuv[:, 1::2, 2] + 1) >> 1
+    packed[:, :, 0] = y[:, 0::2]
+    packed[:, :, 2] = y[:, 1::2]
+    packed[:, :, 1] = np.repeat(u, 2, axis=0)
+    packed[:, :, 3] = np.repeat(v, 2, axis=0)
     return packed.reshape(-1)
 
 
@@ -83,6 +91,8 @@ def bgr_to_yuyv(frame: np.ndarray) -> np.ndarray:
 
 class VirtualCamSink:
     """A v4l2loopback device through pyvirtualcam, found by its card label."""
+
+    backend: ClassVar[str] = "v4l2loopback"  # pyvirtualcam's backend name
 
     def __init__(
         self, config: VirtualCamSinkConfig, output: OutputConfig, sysfs_root: Path = SYSFS_ROOT
@@ -119,20 +129,14 @@ class VirtualCamSink:
         )
 
     def open(self) -> None:
-        import pyvirtualcam
-
         node = self.resolve_device()
         if not os.access(node, os.R_OK | os.W_OK):
             raise SinkError(
                 f"no permission to open {node}; add your user to the 'video' group "
                 "(sudo usermod -aG video $USER, then log in again)"
             )
-        fmt = pyvirtualcam.PixelFormat[self.config.pixel_format]
-        out = self.output
         try:
-            self._cam = pyvirtualcam.Camera(
-                out.width, out.height, out.fps, fmt=fmt, device=node, backend="v4l2loopback"
-            )
+            self._cam = self._open_camera(node)
         except RuntimeError as exc:
             if "not a video output device" not in str(exc):
                 raise SinkError(f"cannot open {node}: {exc}") from None
@@ -145,15 +149,21 @@ class VirtualCamSink:
             )
             restore_output_caps(node)
             try:
-                self._cam = pyvirtualcam.Camera(
-                    out.width, out.height, out.fps, fmt=fmt, device=node, backend="v4l2loopback"
-                )
+                self._cam = self._open_camera(node)
             except RuntimeError as again:
                 raise SinkError(
                     f"cannot open {node}: {again}; reload the module: "
                     f"sudo modprobe -r v4l2loopback && {MODPROBE_HINT}"
                 ) from None
         self.device = node
+
+    def _open_camera(self, node: str):
+        import pyvirtualcam
+
+        out, fmt = self.output, pyvirtualcam.PixelFormat[self.config.pixel_format]
+        return pyvirtualcam.Camera(
+            out.width, out.height, out.fps, fmt=fmt, device=node, backend=self.backend
+        )
 
     def write(self, frame: np.ndarray) -> None:
         if self._cam is None:

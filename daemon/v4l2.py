@@ -16,8 +16,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SYSFS_ROOT = Path("/sys")
-DEV_ROOT = Path("/dev")
+SYSFS_ROOT = Path("/sys")  # device nodes are in the sibling folder: /dev (a test tree: ROOT/dev)
 
 # <linux/videodev2.h>
 VIDIOC_QUERYCAP = 0x80685600  # _IOR('V', 0, struct v4l2_capability), 104 bytes
@@ -39,7 +38,8 @@ class VideoDevice:
 
 
 def list_video_devices(sysfs_root: Path = SYSFS_ROOT) -> list[VideoDevice]:
-    """Every video4linux device, in numeric order."""
+    """Every video4linux device, in numeric order; nodes are in /dev beside /sys."""
+    dev_root = sysfs_root.parent / "dev"
     class_dir = sysfs_root / "class" / "video4linux"
     if not class_dir.is_dir():
         return []
@@ -52,7 +52,7 @@ def list_video_devices(sysfs_root: Path = SYSFS_ROOT) -> list[VideoDevice]:
         except OSError:
             name = ""
         is_loopback = "/devices/virtual/" in str(entry.resolve())
-        devices.append(VideoDevice(str(DEV_ROOT / entry.name), name, is_loopback))
+        devices.append(VideoDevice(str(dev_root / entry.name), name, is_loopback))
     return sorted(devices, key=lambda d: int(Path(d.node).name[5:]))
 
 
