@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 UNIT_DIR := $(HOME)/.config/systemd/user
 CONFIG_DIR := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/talking-head-cam
+SYSTEMCTL ?= systemctl
 
 .PHONY: install demo run test bench lint config install-service uninstall-service clean
 
@@ -29,6 +30,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Regenerate config.yaml from the config model (tests fail when they disagree).
 config: install
@@ -36,10 +38,10 @@ config: install
 
 install-service: install
 	mkdir -p $(HOME)/.local/bin $(UNIT_DIR) $(CONFIG_DIR)
-	ln -sf $(CURDIR)/$(BIN)/talking-head-cam $(HOME)/.local/bin/talking-head-cam
+	ln -sf $(abspath $(BIN))/talking-head-cam $(HOME)/.local/bin/talking-head-cam
 	install -m 644 systemd/talking-head-cam.service $(UNIT_DIR)/talking-head-cam.service
 	test -f $(CONFIG_DIR)/config.yaml || install -m 644 config.yaml $(CONFIG_DIR)/config.yaml
-	systemctl --user daemon-reload && systemctl --user enable --now talking-head-cam.service \
+	$(SYSTEMCTL) --user daemon-reload && $(SYSTEMCTL) --user enable --now talking-head-cam.service \
 		|| echo "could not reach the systemd user manager; run: systemctl --user enable --now talking-head-cam"
 	@echo
 	@echo "Config: $(CONFIG_DIR)/config.yaml  (apply edits: systemctl --user reload talking-head-cam)"
@@ -49,10 +51,10 @@ install-service: install
 	@echo "Then check everything: $(HOME)/.local/bin/talking-head-cam doctor"
 
 uninstall-service:
-	-systemctl --user disable --now talking-head-cam.service
+	-$(SYSTEMCTL) --user disable --now talking-head-cam.service
 	rm -f $(UNIT_DIR)/talking-head-cam.service
 	test ! -L $(HOME)/.local/bin/talking-head-cam || rm -f $(HOME)/.local/bin/talking-head-cam
-	-systemctl --user daemon-reload
+	-$(SYSTEMCTL) --user daemon-reload
 	@echo "removed the user unit; your config in $(CONFIG_DIR) is kept"
 
 clean:

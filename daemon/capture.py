@@ -54,9 +54,11 @@ def classify_source(source: int | str) -> SourceSpec:
 
 
 def resolve_auto_camera(own_labels: Iterable[str], sysfs_root: Path = SYSFS_ROOT) -> str:
-    """The first capture device that is not our own virtual camera."""
+    """The first capture device that is not our own virtual camera: real cameras first,
+    other virtual cameras (OBS and the like) only when there is no real one."""
     own = set(own_labels)
-    for device in list_video_devices(sysfs_root):
+    devices = sorted(list_video_devices(sysfs_root), key=lambda d: d.is_loopback)  # stable
+    for device in devices:
         if device.name in own:
             continue
         if can_capture(device.node) is False:  # metadata nodes, output-only loopbacks

@@ -14,7 +14,9 @@ from daemon.errors import ConfigError
 from daemon.sinks import MODPROBE_HINT
 from daemon.v4l2 import (
     SYSFS_ROOT,
+    V4L2_CAP_VIDEO_CAPTURE,
     V4L2_CAP_VIDEO_OUTPUT,
+    can_capture,
     device_caps,
     find_device_by_label,
     list_video_devices,
@@ -73,7 +75,11 @@ def check_config(config_arg: str | None) -> tuple[Check, list[VirtualCamSinkConf
 
 
 def check_cameras(sysfs_root: Path) -> Check:
-    cameras = [d for d in list_video_devices(sysfs_root) if not d.is_loopback]
+    cameras = [
+        d
+        for d in list_video_devices(sysfs_root)
+        if not d.is_loopback and can_capture(d.node) is not False  # not a metadata node
+    ]
     if not cameras:
         return Check(
             "camera",
@@ -151,6 +157,13 @@ def _check_our_device(sink: VirtualCamSinkConfig, sysfs_root: Path) -> Check:
             "sudo usermod -aG video $USER, then log out and in again",
         )
     caps = device_caps(node)
+    if caps is not None and caps & V4L2_CAP_VIDEO_OUTPUT and caps & V4L2_CAP_VIDEO_CAPTURE:
+        return Check(
+            name,
+            "warn",
+            f"{node} has exclusive_caps off: Chrome and Meet will not list it",
+            "reload the module with exclusive_caps=1 (see systemd/v4l2loopback.conf)",
+        )
     if caps is not None and not caps & V4L2_CAP_VIDEO_OUTPUT:
         return Check(
             name,
