@@ -233,53 +233,62 @@ class Capture:
             self._cond.notify_all()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("%r: reader still busy after %.1f s; leaving it behind", self, timeout_s)
+            return
         self._set_state("stopped", "")
 
     # ------------------------------------------------------------ the reader thread
 
     def _run(self) -> None:
-        retry_s = _FIRST_RETRY_S
+        first_retry_s = min(_FIRST_RETRY_S, self.config.retry_max_s)
+        retry_s = first_retry_s
         while not self._stop.is_set():
-            try:
-                reader = open_reader(self.spec, self.config, self._own_labels, self._sysfs_root)
-            except TalkingHeadCamError as exc:
-                self._set_state(
-                    "missing",
-                    f"{exc}; retrying every ≤{self.config.retry_max_s:g} s,"
-                    " publishing the idle avatar meanwhile",
-                )
-                self._stop.wait(retry_s)
-                retry_s = min(retry_s * 2, self.config.retry_max_s)
-                continue
-            except Exception:  # a bug or a library failure must not kill capture for good
-                log.exception("%r: unexpected error opening the source", self)
-                self._stop.wait(self.config.retry_max_s)
-                continue
-            retry_s = _FIRST_RETRY_S
-            try:
-                self._pump(reader)
-            except TalkingHeadCamError as exc:
-                self._drop_latest()
-                self._set_state("lost", f"{exc}; reopening")
-            except Exception:
-                self._drop_latest()
-                log.exception("%r: unexpected error reading the source", self)
-                self._stop.wait(_FIRST_RETRY_S)
-            finally:
-                reader.close()
+            delivered = self._open_and_pump()
             if self.state == "ended":
                 return
+            if delivered:  # a working source rewound or broke: reopen at once
+                retry_s = first_retry_s
+                continue
+            self._stop.wait(retry_s)  # never a busy loop on a source that yields nothing
+            retry_s = min(retry_s * 2, self.config.retry_max_s)
 
-    def _pump(self, reader: FrameReader) -> None:
-        """Read until stopped, end of file, or an error; pace files to their own rate."""
+    def _open_and_pump(self) -> int:
+        """Open the source and read it until it ends or fails; returns frames delivered."""
+        try:
+            reader = open_reader(self.spec, self.config, self._own_labels, self._sysfs_root)
+        except TalkingHeadCamError as exc:
+            self._set_state(
+                "missing",
+                f"{exc}; retrying every ≤{self.config.retry_max_s:g} s,"
+                " publishing the idle avatar meanwhile",
+            )
+            return 0
+        except Exception:  # a bug or a library failure must not kill capture for good
+            log.exception("%r: unexpected error opening the source", self)
+            return 0
+        delivered = [0]
+        try:
+            self._pump(reader, delivered)
+        except TalkingHeadCamError as exc:
+            self._drop_latest()
+            self._set_state("lost", f"{exc}; reopening")
+        except Exception:
+            self._drop_latest()
+            log.exception("%r: unexpected error reading the source", self)
+        finally:
+            reader.close()
+        return delivered[0]
+
+    def _pump(self, reader: FrameReader, delivered: list[int]) -> None:
+        """Read until stopped, end of file, or an error; pace files to their own rate.
+        `delivered[0]` counts the frames published (kept even when a read raises)."""
         rate = reader.fps or (self.config.fps if self.spec.kind != "camera" else None)
         period = 1.0 / rate if rate else 0.0
         next_t = self._clock()
-        self._set_state("streaming", getattr(reader, "description", ""))
-        frames = 0
         while not self._stop.is_set():
             image = reader.read()
-            if image is None and frames == 0:
+            if image is None and not delivered[0]:
                 raise CaptureError(f"{self.spec} has no readable frames")
             if image is None:  # end of a video file
                 if self.config.loop:
@@ -287,7 +296,9 @@ class Capture:
                 self._set_state("ended", "end of the video file; publishing the idle avatar")
                 return
             self._publish(image)
-            frames += 1
+            if not delivered[0]:
+                self._set_state("streaming", getattr(reader, "description", ""))
+            delivered[0] += 1
             if period:
                 next_t += period
                 delay = next_t - self._clock()
@@ -308,7 +319,8 @@ class Capture:
             self._latest = None
 
     def _set_state(self, state: CaptureState, detail: str) -> None:
-        if state == self.state:
+        """Record the state; log only when it (or its reason) changes, never per attempt."""
+        if (state, detail) == (self.state, self.detail):
             return
         self.state, self.detail = state, detail
         level = logging.WARNING if state in ("missing", "lost") else logging.INFO

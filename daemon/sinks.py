@@ -302,14 +302,15 @@ class SinkWorker:
             log.warning("%s: still busy after %.1f s; leaving it behind", self.sink.name, timeout_s)
 
     def _run(self) -> None:
-        retry_s = 0.5
+        first_retry_s = min(0.5, self._retry_max_s)
+        retry_s = first_retry_s
         try:
             while not self._stop.is_set():
                 if self.state != "ok" and not self._try_open():
                     self._stop.wait(retry_s)
                     retry_s = min(retry_s * 2, self._retry_max_s)
                     continue
-                retry_s = 0.5
+                retry_s = first_retry_s
                 frame = self._take()
                 if frame is not None:
                     self._write(frame)
@@ -371,19 +372,27 @@ class SinkSet:
     def configure(self, configs: Sequence[SinkConfig], output: OutputConfig) -> list[str]:
         """Keep workers whose config (and the output format) is unchanged, replace the rest.
         Returns the names of sinks that were (re)started."""
-        keep = [w for w in self._workers if w.config in configs and output == self._output]
+        unmatched = list(configs) if output == self._output else []
+        keep = []
         for worker in self._workers:
-            if worker not in keep:
+            if worker.config in unmatched:  # each config matches one worker at most
+                unmatched.remove(worker.config)
+                keep.append(worker)
+            else:
                 worker.close()
-        kept_configs = [w.config for w in keep]
+        wanted = list(configs)
+        for worker in keep:
+            wanted.remove(worker.config)
         started = [
-            SinkWorker(build_sink(c, output, self._sysfs_root), c, self._stats)
-            for c in configs
-            if c not in kept_configs
+            SinkWorker(build_sink(c, output, self._sysfs_root), c, self._stats) for c in wanted
         ]
         self._workers = tuple(keep + started)
         self._output = output
         return [w.sink.name for w in started]
+
+    @property
+    def workers(self) -> tuple[SinkWorker, ...]:
+        return self._workers
 
     def post(self, frame: OutputFrame) -> None:
         for worker in self._workers:
