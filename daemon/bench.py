@@ -69,7 +69,8 @@ def run_bench(config: Config, frames: int = 300) -> BenchResult:
             image = _timed(stats, "capture_decode", reader.read)
             if image is None:
                 break
-            out = pipeline.process(CapturedFrame(image, time.monotonic(), index))
+            now = time.monotonic()
+            out = pipeline.process(CapturedFrame(image, now, index), now)
             _timed(stats, "sink:virtualcam I420", bgr_to_i420, out)
             _timed(stats, "sink:virtualcam YUYV", bgr_to_yuyv, out)
             _timed(stats, "sink:file mp4v", sink.write, out)
@@ -77,4 +78,5 @@ def run_bench(config: Config, frames: int = 300) -> BenchResult:
         elapsed = time.perf_counter() - start
         reader.close()
         sink.close()
+        pipeline.close()
     return BenchResult(frames, frames / elapsed, stats)

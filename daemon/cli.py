@@ -1,4 +1,4 @@
-"""`talking-head-cam`: run | render | demo | doctor | check-config | bench | config-doc.
+"""`talking-head-cam`: run | render | demo | calibrate | doctor | check-config | bench | ...
 
 Exit codes: 0 fine, 1 a runtime problem (message on stderr), 2 a config or usage error
 (systemd's RestartPreventExitStatus=2 keeps a hopeless config from restart-looping).
@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from daemon.config import Config, find_config_path, load_config, validate_config
-from daemon.errors import ConfigError, TalkingHeadCamError
+from daemon.errors import ConfigError, DaemonNotRunning, TalkingHeadCamError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,24 @@ def cmd_render(args: argparse.Namespace) -> int:
     from daemon.render import render_video
 
     config = _override(_load(args.config), args)
-    print(render_video(config, args.driver, Path(args.out)))
+    print(render_video(config, args.driver, Path(args.out), args.neutral_frame))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Ask the running daemon to take the next tracked frame as the neutral face."""
+    from daemon.service import pid_file_path
+
+    path = pid_file_path()
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, ValueError):
+        raise DaemonNotRunning(
+            f"the daemon is not running (no live PID in {path}); start it: "
+            "systemctl --user start talking-head-cam"
+        ) from None
+    print(f"asked the daemon (pid {pid}) to calibrate: look at the camera with a relaxed face")
     return 0
 
 
@@ -131,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--avatar", help="avatar image (default: the config's)")
     render.add_argument("--driver", required=True, help="driving video file")
     render.add_argument("--out", required=True, help="output video (.mp4)")
+    render.add_argument(
+        "--neutral-frame",
+        type=int,
+        default=0,
+        metavar="N",
+        help="driver frame (0-based) with the neutral face (default: the first tracked one)",
+    )
     _size_args(render)
     render.set_defaults(func=cmd_render)
 
@@ -141,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--avatar", help="avatar image (default: the embedded one)")
     _size_args(demo)
     demo.set_defaults(func=cmd_demo)
+
+    sub.add_parser(
+        "calibrate", help="tell the running daemon to take your current face as the neutral"
+    ).set_defaults(func=cmd_calibrate)
 
     doctor = sub.add_parser("doctor", help="check the machine and explain what is wrong")
     doctor.add_argument("--sysfs", help=argparse.SUPPRESS)  # a fake sysfs tree, for tests

@@ -95,6 +95,103 @@ class StillGeneratorConfig(Section):
 GeneratorConfig = Annotated[StillGeneratorConfig, Field(discriminator="type")]
 
 
+class MediaPipeTrackingConfig(Section):
+    """Face landmarks with MediaPipe FaceMesh on the CPU (478 points, models in the package)."""
+
+    type: Literal["mediapipe"] = Field(
+        "mediapipe", description="mediapipe: FaceMesh with refined eyes, lips and irises"
+    )
+    max_faces: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="faces looked at; the one followed is the current track, "
+        "else the largest, most central",
+    )
+    redetect_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="run the face detector again at least this often, s "
+        "(0: only when the track is lost)",
+    )
+    min_detection_confidence: float = Field(0.5, ge=0, le=1, description="to find a face")
+    min_tracking_confidence: float = Field(0.5, ge=0, le=1, description="to keep following it")
+
+
+TrackingConfig = Annotated[MediaPipeTrackingConfig, Field(discriminator="type")]
+
+
+class GainsConfig(Section):
+    """How strongly each channel of the driver's motion moves the avatar (1 = as measured)."""
+
+    pose: float = Field(1.0, ge=0, le=3, description="head rotation and movement")
+    expression: float = Field(1.0, ge=0, le=3, description="face shape changes (brows, cheeks)")
+    eyes: float = Field(1.0, ge=0, le=3, description="blinks and gaze")
+    mouth: float = Field(1.0, ge=0, le=3, description="mouth opening and width")
+
+
+class LimitsConfig(Section):
+    """Largest head rotation passed on to the avatar, degrees either way."""
+
+    yaw_deg: float = Field(35.0, ge=0, le=90, description="turning left/right")
+    pitch_deg: float = Field(25.0, ge=0, le=90, description="nodding up/down")
+    roll_deg: float = Field(30.0, ge=0, le=90, description="tilting sideways")
+
+
+class SmoothingConfig(Section):
+    """One-Euro filters: still when still, fast when fast (a blink stays one blink)."""
+
+    min_cutoff_hz: float = Field(
+        1.0, gt=0, le=30, description="cutoff when still: lower = steadier, more lag"
+    )
+    beta: float = Field(
+        20.0, ge=0, le=1000, description="how fast the cutoff rises with speed: higher = less lag"
+    )
+    d_cutoff_hz: float = Field(5.0, gt=0, le=30, description="cutoff of the speed estimate")
+
+
+class CalibrationConfig(Section):
+    """How the user's neutral face (the reference of all motion) is found."""
+
+    auto: bool = Field(
+        True, description="find a stable, eyes-open, mouth-closed, frontal moment by itself"
+    )
+    window_s: float = Field(
+        3.0, ge=0, le=60, description="the first seconds searched for the best neutral"
+    )
+    stable_frames: int = Field(
+        6, ge=2, le=120, description="frames a candidate neutral must hold still"
+    )
+    refine: bool = Field(
+        True, description="keep refining the resting face shape while running (not the pose)"
+    )
+
+
+class MotionConfig(Section):
+    """From landmarks to head pose and expression, relative to the user's neutral face."""
+
+    relative: bool = Field(
+        True, description="pose relative to how you normally sit (false: relative to the camera)"
+    )
+    gains: GainsConfig = Field(default_factory=GainsConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    lost_grace_s: float = Field(
+        0.5, ge=0, le=10, description="face lost: hold the last motion this long, s"
+    )
+    idle_ease_s: float = Field(
+        1.0, ge=0, le=10, description="then ease to the neutral pose over this long, s"
+    )
+    resume_ease_s: float = Field(
+        0.3, ge=0, le=5, description="face found again: ease back in over this long, s"
+    )
+    idle_animation: bool = Field(
+        True, description="while idle: gentle breathing and occasional blinks"
+    )
+
+
 class VirtualCamSinkConfig(Section):
     """Publishes to a v4l2loopback device that Zoom, Meet and Chrome can select."""
 
@@ -145,6 +242,8 @@ class Config(Section):
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     avatar: AvatarConfig = Field(default_factory=AvatarConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    tracking: TrackingConfig = Field(default_factory=MediaPipeTrackingConfig)
+    motion: MotionConfig = Field(default_factory=MotionConfig)
     generator: GeneratorConfig = Field(default_factory=StillGeneratorConfig)
     sinks: list[SinkConfig] = Field(
         default_factory=lambda: [VirtualCamSinkConfig(type="virtualcam")],
@@ -295,7 +394,7 @@ def _field_path(loc: tuple[Any, ...], data: Mapping[str, Any]) -> tuple[list[str
         ):
             node = node[item]
             parts.append(item)
-        elif isinstance(node, Mapping) and item in (*SINK_TYPES, "still"):
+        elif isinstance(node, Mapping) and item in _TAGGED:
             continue  # the discriminator's branch name, not a key the user wrote
         else:
             parts.append(item)
@@ -357,6 +456,7 @@ _TAGGED: dict[str, type[BaseModel]] = {
     "file": FileSinkConfig,
     "null": NullSinkConfig,
     "still": StillGeneratorConfig,
+    "mediapipe": MediaPipeTrackingConfig,
 }
 
 

@@ -16,12 +16,10 @@ from daemon.config import (
     Config,
     FileSinkConfig,
     NullSinkConfig,
-    StillGeneratorConfig,
     VirtualCamSinkConfig,
 )
 
 SINK_MODELS = (VirtualCamSinkConfig, FileSinkConfig, NullSinkConfig)
-GENERATOR_MODELS = (StillGeneratorConfig,)
 SINK_EXAMPLES = {FileSinkConfig: {"path": "out/live.mp4"}}
 HEADER = """\
 # Talking Head Cam configuration (generated from daemon/config.py by `make config`).
@@ -43,13 +41,30 @@ def _doc(model: type[BaseModel]) -> str:
     return (model.__doc__ or "").strip().splitlines()[0]
 
 
-def _is_section(info: FieldInfo) -> bool:
-    return isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+def _section_models(info: FieldInfo) -> tuple[type[BaseModel], ...]:
+    """The model(s) of a section field: one class, or a tagged union's members (the default
+    first); empty for plain values and lists."""
+    annotation = info.annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return (annotation,)
+    members = tuple(
+        m for m in typing.get_args(annotation) if isinstance(m, type) and issubclass(m, BaseModel)
+    )
+    if not members or info.default_factory is None:
+        return ()
+    default = type(info.default_factory())
+    return (default, *(m for m in members if m is not default))
 
 
 def _field_lines(model: type[BaseModel], indent: str) -> Iterator[str]:
-    defaults = model.model_construct().model_dump() if model is not Config else {}
+    defaults = model.model_construct().model_dump()
     for name, info in model.model_fields.items():
+        nested = _section_models(info)
+        if nested:
+            yield from _comment(_doc(nested[0]), indent)
+            yield f"{indent}{name}:"
+            yield from _field_lines(nested[0], indent + "  ")
+            continue
         if info.description:
             yield from _comment(info.description, indent)
         if name in defaults:
@@ -84,13 +99,11 @@ def render_config_yaml() -> str:
     defaults = Config().model_dump()
     for name, info in Config.model_fields.items():
         lines.append("")
-        if _is_section(info):
-            lines += [f"# {_doc(info.annotation)}", f"{name}:"]
-            lines += _field_lines(info.annotation, "  ")
-        elif name == "generator":
-            lines.append("# " + "; ".join(f"{_doc(m)}" for m in GENERATOR_MODELS))
+        models = _section_models(info)
+        if models:
+            lines += [f"# {_doc(m)}" for m in models]
             lines.append(f"{name}:")
-            lines += _field_lines(StillGeneratorConfig, "  ")
+            lines += _field_lines(models[0], "  ")
         elif name == "sinks":
             lines += _comment(info.description, "")
             for model in SINK_MODELS:
@@ -109,15 +122,17 @@ def render_reference_markdown() -> str:
     def add(key: str, model: type[BaseModel], skip: tuple[str, ...] = ()) -> None:
         defaults = model.model_construct().model_dump()
         for name, info in model.model_fields.items():
-            if name not in skip:
+            nested = _section_models(info)
+            if nested:
+                add(f"{key}{name}.", nested[0])
+            elif name not in skip:
                 default = f"`{_scalar(defaults[name])}`" if name in defaults else "required"
                 rows.append(f"| `{key}{name}` | {default} | {info.description or ''} |")
 
     for name, info in Config.model_fields.items():
-        if _is_section(info):
-            add(f"{name}.", info.annotation)
-        elif name == "generator":
-            add("generator.", StillGeneratorConfig)
+        models = _section_models(info)
+        if models:
+            add(f"{name}.", models[0])
         elif name == "sinks":
             for model in SINK_MODELS:
                 type_name = typing.get_args(model.model_fields["type"].annotation)[0]

@@ -34,3 +34,7 @@ class DeviceError(TalkingHeadCamError):
 
 class SinkError(TalkingHeadCamError):
     """An output sink cannot be opened or written."""
+
+
+class DaemonNotRunning(TalkingHeadCamError):
+    """A command needs the running daemon and cannot find it."""

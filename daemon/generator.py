@@ -1,7 +1,7 @@
-"""Generator stage: makes the output frame from the avatar (and, later, the driver's motion).
+"""Generator stage: makes the output frame from the avatar and the driver's motion.
 
-Backends are picked by `generator.type`; every backend renders at the output size and never
-returns (or blends in) a camera frame.
+Backends are picked by `generator.type`; every backend renders at the output size from the
+motion alone: it never receives, returns or blends in a camera frame.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from daemon.config import Config, StillGeneratorConfig
-from daemon.frames import CapturedFrame
+from daemon.motion import Motion
 
 LETTERBOX_BGR = (0, 0, 0)
 
@@ -20,7 +20,7 @@ LETTERBOX_BGR = (0, 0, 0)
 class Generator(Protocol):
     """Renders one output frame (BGR uint8, output size) per call."""
 
-    def render(self, driver: CapturedFrame | None) -> np.ndarray: ...
+    def render(self, motion: Motion) -> np.ndarray: ...
 
 
 def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -44,7 +44,7 @@ class StillGenerator:
         self._frame = letterbox(avatar, width, height)
         self._frame.setflags(write=False)
 
-    def render(self, driver: CapturedFrame | None) -> np.ndarray:
+    def render(self, motion: Motion) -> np.ndarray:
         return self._frame
 
 

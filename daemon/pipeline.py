@@ -17,6 +17,8 @@ import numpy as np
 from daemon.capture import Capture
 from daemon.frames import CapturedFrame, OutputFrame
 from daemon.generator import Generator
+from daemon.landmarks import LandmarkDetector, Landmarks
+from daemon.motion import Motion, MotionEstimator
 from daemon.sinks import SinkSet
 from daemon.stats import RollingStats
 
@@ -26,21 +28,84 @@ ERROR_LOG_INTERVAL_S = 10.0
 
 
 class Pipeline:
-    """Turns the newest driver frame (or None: idle) into one output frame."""
+    """Turns the newest driver frame (or None: no camera) into one output frame:
+    landmarks → motion → generator. The generator sees only the motion, never the camera
+    frame. Parts can be swapped between frames (config reload) under the pipeline's lock."""
 
-    def __init__(self, generator: Generator, stats: RollingStats, width: int, height: int):
+    STALE_S = 1.0  # a driver frame older than this counts as no frame (camera stalled)
+
+    def __init__(
+        self,
+        generator: Generator,
+        stats: RollingStats,
+        width: int,
+        height: int,
+        *,
+        detector: LandmarkDetector | None = None,
+        estimator: MotionEstimator | None = None,
+    ):
         self.generator, self._stats = generator, stats
+        self.detector, self.estimator = detector, estimator
         self._shape = (height, width, 3)
+        self._lock = threading.RLock()
+        self._last_index: int | None = None
+        self.motion = Motion()
+        self.landmarks: Landmarks | None = None
 
-    def process(self, driver: CapturedFrame | None) -> np.ndarray:
-        start = time.perf_counter()
-        image = self.generator.render(driver)
-        self._stats.record("generator", (time.perf_counter() - start) * 1e3)
+    def process(self, driver: CapturedFrame | None, now: float) -> np.ndarray:
+        """One output frame for time `now` (same clock as the frames' t_capture)."""
+        with self._lock:
+            self.motion = self.track(driver, now)
+            start = time.perf_counter()
+            image = self.generator.render(self.motion)
+            self._stats.record("generator", (time.perf_counter() - start) * 1e3)
         if image.shape != self._shape or image.dtype != np.uint8:
             raise ValueError(
                 f"generator returned {image.shape} {image.dtype}, expected {self._shape} uint8"
             )
         return image
+
+    def track(self, driver: CapturedFrame | None, now: float) -> Motion:
+        """Landmarks and motion for a new driver frame; the last motion for a repeated one."""
+        if self.estimator is None or self.detector is None:
+            return self.motion
+        if driver is not None and now - driver.t_capture > self.STALE_S:
+            driver = None
+        if driver is not None and driver.index == self._last_index:
+            return self.motion
+        if driver is None:
+            self._last_index, self.landmarks = None, None
+            return self.estimator.update(None, now)
+        self._last_index = driver.index
+        start = time.perf_counter()
+        self.landmarks = self.detector.detect(driver.image, driver.t_capture, driver.index)
+        mid = time.perf_counter()
+        motion = self.estimator.update(self.landmarks, driver.t_capture)
+        self._stats.record("landmarks", (mid - start) * 1e3)
+        self._stats.record("motion", (time.perf_counter() - mid) * 1e3)
+        return motion
+
+    def calibrate(self) -> None:
+        """Take the next tracked frame as the user's neutral face."""
+        if self.estimator is not None:
+            self.estimator.calibrate()
+
+    def set_generator(self, generator: Generator, width: int, height: int) -> None:
+        with self._lock:
+            self.generator, self._shape = generator, (height, width, 3)
+
+    def set_detector(self, detector: LandmarkDetector) -> None:
+        with self._lock:
+            old, self.detector = self.detector, detector
+            self._last_index = None
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.detector is not None:
+                self.detector.close()
+                self.detector = None
 
 
 class FrameLoop:
@@ -87,7 +152,7 @@ class FrameLoop:
         if driver is not None:
             self._stats.record("capture_age", (now - driver.t_capture) * 1e3)
         try:
-            image = self.pipeline.process(driver)
+            image = self.pipeline.process(driver, now)
         except Exception:
             if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
                 self._last_error_log = now

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.capture import VideoFileReader
-from daemon.config import Config, FileSinkConfig
+from daemon.config import Config, FileSinkConfig, MediaPipeTrackingConfig
+from daemon.errors import CaptureError
 from daemon.frames import CapturedFrame
+from daemon.landmarks import MediaPipeLandmarks
+from daemon.pipeline import Pipeline
 from daemon.service import build_pipeline
 from daemon.sinks import FileSink
 from daemon.stats import RollingStats
@@ -43,22 +46,54 @@ def _open_file_sink(config: Config, out: Path) -> FileSink:
     return sink
 
 
-def render_video(config: Config, driver: str, out: Path) -> RenderResult:
-    """Exactly one output frame per driver frame, at the driver's frame rate."""
+def render_video(config: Config, driver: str, out: Path, neutral_frame: int = 0) -> RenderResult:
+    """Exactly one output frame per driver frame, at the driver's frame rate. The neutral face
+    is the first tracked frame, or frame `neutral_frame` (0-based) of the driver."""
     reader = VideoFileReader(driver)
     config = _with_fps(config, reader.fps or FALLBACK_FPS)
     pipeline = build_pipeline(config, RollingStats())
-    sink = _open_file_sink(config, out)
+    try:
+        if neutral_frame:
+            _set_neutral_from_frame(pipeline, driver, neutral_frame)
+        else:
+            pipeline.calibrate()
+        sink = _open_file_sink(config, out)
+    except BaseException:
+        reader.close()
+        pipeline.close()
+        raise
     frames = 0
     try:
         while (image := reader.read()) is not None:
-            driver_frame = CapturedFrame(image, frames / config.output.fps, frames)
-            sink.write(pipeline.process(driver_frame))
+            t = frames / config.output.fps
+            sink.write(pipeline.process(CapturedFrame(image, t, frames), t))
             frames += 1
     finally:
         reader.close()
         sink.close()
+        pipeline.close()
     return RenderResult(out, frames, config.output.fps, config.output.width, config.output.height)
+
+
+def _set_neutral_from_frame(pipeline: Pipeline, driver: str, index: int) -> None:
+    reader = VideoFileReader(driver)
+    try:
+        for _ in range(index):
+            if reader.read() is None:
+                break
+        image = reader.read()
+    finally:
+        reader.close()
+    if image is None:
+        raise CaptureError(f"--neutral-frame {index}: {driver} has fewer frames than that")
+    detector = MediaPipeLandmarks(MediaPipeTrackingConfig(), static_images=True)
+    try:
+        landmarks = detector.detect(image, 0.0, index)
+    finally:
+        detector.close()
+    if landmarks is None or pipeline.estimator is None:
+        raise CaptureError(f"--neutral-frame {index}: no face found in that frame of {driver}")
+    pipeline.estimator.set_neutral(landmarks.points, explicit=True)
 
 
 def render_demo(config: Config, out: Path, seconds: float) -> RenderResult:
@@ -67,8 +102,9 @@ def render_demo(config: Config, out: Path, seconds: float) -> RenderResult:
     sink = _open_file_sink(config, out)
     frames = round(seconds * config.output.fps)
     try:
-        for _ in range(frames):
-            sink.write(pipeline.process(None))
+        for index in range(frames):
+            sink.write(pipeline.process(None, index / config.output.fps))
     finally:
         sink.close()
+        pipeline.close()
     return RenderResult(out, frames, config.output.fps, config.output.width, config.output.height)

@@ -10,15 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
+
+import numpy as np
 
 from daemon.avatar import load_avatar
 from daemon.capture import Capture
 from daemon.config import DEFAULT_LABEL, Config, VirtualCamSinkConfig, find_config_path, load_config
 from daemon.errors import AvatarError, ConfigError
 from daemon.generator import build_generator
+from daemon.landmarks import build_landmarks
+from daemon.motion import MotionEstimator
 from daemon.notify import Notifier
 from daemon.pipeline import FrameLoop, Pipeline
 from daemon.sinks import SinkSet
@@ -40,18 +46,56 @@ def own_labels(config: Config) -> tuple[str, ...]:
     return tuple(sorted(labels))
 
 
-def build_pipeline(config: Config, stats: RollingStats, avatar_fallback: bool = False) -> Pipeline:
-    """Load the avatar and make the generator; with `avatar_fallback`, a bad avatar file logs
-    the error and uses the embedded default instead of failing."""
+def load_avatar_or_default(spec: str) -> np.ndarray:
+    """The configured avatar; a bad file logs the error and uses the embedded default, so a
+    typo never keeps the camera from starting."""
     try:
-        avatar = load_avatar(config.avatar.image)
+        return load_avatar(spec)
     except AvatarError as exc:
-        if not avatar_fallback:
-            raise
         log.error("%s; using the default avatar", exc)
-        avatar = load_avatar("default")
-    generator = build_generator(config, avatar)
-    return Pipeline(generator, stats, config.output.width, config.output.height)
+        return load_avatar("default")
+
+
+def build_pipeline(
+    config: Config, stats: RollingStats, avatar: np.ndarray | None = None
+) -> Pipeline:
+    """The whole per-frame path for `config`: landmarks → motion → generator. Raises
+    AvatarError when the avatar cannot be loaded (unless `avatar` is given)."""
+    generator = build_generator(
+        config, load_avatar(config.avatar.image) if avatar is None else avatar
+    )
+    return Pipeline(
+        generator,
+        stats,
+        config.output.width,
+        config.output.height,
+        detector=build_landmarks(config.tracking),
+        estimator=MotionEstimator(config.motion),
+    )
+
+
+def pid_file_path(env: Mapping[str, str] = os.environ) -> Path:
+    """Where the running daemon leaves its PID, for `talking-head-cam calibrate`."""
+    runtime = env.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(runtime) / f"talking-head-cam-{os.getuid()}.pid"
+
+
+def write_pid_file() -> Path | None:
+    path = pid_file_path()
+    try:
+        path.write_text(f"{os.getpid()}\n")
+    except OSError as exc:  # a read-only runtime dir must not stop the camera
+        log.warning("cannot write %s (%s); `calibrate` will not find the daemon", path, exc)
+        return None
+    return path
+
+
+def remove_pid_file(path: Path | None) -> None:
+    try:
+        if path is not None and path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+    except OSError:
+        pass
 
 
 class Daemon:
@@ -76,6 +120,7 @@ class Daemon:
         self.stats = RollingStats()
         self._stop_requested = False
         self._reload_requested = False
+        self._calibration_requested = False
         self._stall_toggles = 0
         self._wake = threading.Event()
         self._loop_stop = threading.Event()
@@ -89,6 +134,7 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the process exit code."""
         self._install_signal_handlers()
+        self._pid_file = write_pid_file()
         log.info(
             "starting: %d sink(s), output %dx%d @ %g fps",
             len(self.config.sinks),
@@ -96,7 +142,8 @@ class Daemon:
             self.config.output.height,
             self.config.output.fps,
         )
-        pipeline = build_pipeline(self.config, self.stats, avatar_fallback=True)
+        avatar = load_avatar_or_default(self.config.avatar.image)
+        pipeline = build_pipeline(self.config, self.stats, avatar)
         capture = self._start_capture(self.config)
         self.sinks.configure(self.config.sinks, self.config.output)
         self.loop = FrameLoop(capture, pipeline, self.sinks, self.config.output.fps, self.stats)
@@ -112,6 +159,10 @@ class Daemon:
                 if self._reload_requested:
                     self._reload_requested = False
                     self.reload()
+                if self._calibration_requested:
+                    self._calibration_requested = False
+                    self.loop.pipeline.calibrate()
+                    log.info("calibration requested: the next tracked frame is the neutral face")
                 self._apply_test_hooks()
                 now = time.monotonic()
                 if not self._ready_sent and self.loop.first_frame.is_set():
@@ -136,6 +187,11 @@ class Daemon:
         self._reload_requested = True
         self._wake.set()
 
+    def request_calibration(self) -> None:
+        """Take the next tracked frame as the user's neutral face (SIGUSR1, `calibrate`)."""
+        self._calibration_requested = True
+        self._wake.set()
+
     def _shutdown(self, thread: threading.Thread) -> None:
         started = time.monotonic()
         self._notifier.stopping()
@@ -144,6 +200,9 @@ class Daemon:
         if self.loop is not None:
             self.loop.capture.close(0.2)
         self.sinks.close(0.3)
+        if self.loop is not None and not thread.is_alive():
+            self.loop.pipeline.close()
+        remove_pid_file(self._pid_file)
         log.info(
             "stopped in %.2f s after %d frames",
             time.monotonic() - started,
@@ -154,6 +213,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+        signal.signal(signal.SIGUSR1, lambda *_: self.request_calibration())
         if self._test_hooks:
             signal.signal(signal.SIGUSR2, lambda *_: self._toggle_stall())
 
@@ -229,8 +289,14 @@ class Daemon:
         old, loop = self.config, self.loop
         assert loop is not None
         changed = [name for name in Config.model_fields if getattr(old, name) != getattr(new, name)]
+        pipeline = loop.pipeline
         if {"avatar", "output", "generator"} & set(changed):
-            loop.pipeline = build_pipeline(new, self.stats)
+            generator = build_generator(new, load_avatar(new.avatar.image))
+            pipeline.set_generator(generator, new.output.width, new.output.height)
+        if "tracking" in changed:
+            pipeline.set_detector(build_landmarks(new.tracking))
+        if "motion" in changed and pipeline.estimator is not None:
+            pipeline.estimator.reconfigure(new.motion)
         if "capture" in changed or own_labels(old) != own_labels(new):
             loop.capture.close(0.2)
             loop.capture = self._start_capture(new)

@@ -42,8 +42,17 @@ def test_unknown_keys_name_the_valid_ones(tmp_path):
     assert problems(tmp_path, "outptu: {}\ncapture: {sorce: 0}\n") == [
         "capture.sorce: unknown key; valid keys here: fps, height, loop, retry_max_s, source, "
         "width (line 2)",
-        "outptu: unknown key; valid keys here: avatar, capture, generator, log_level, output, "
-        "sinks (line 1)",
+        "outptu: unknown key; valid keys here: avatar, capture, generator, log_level, motion, "
+        "output, sinks, tracking (line 1)",
+    ]
+
+
+def test_nested_sections_are_checked_too(tmp_path):
+    text = "motion:\n  gains: {mouth: -1, nose: 2}\n  limits: {yaw_deg: 91}\n"
+    assert problems(tmp_path, text) == [
+        "motion.gains.mouth: Input should be greater than or equal to 0 (got -1) (line 2)",
+        "motion.gains.nose: unknown key; valid keys here: expression, eyes, mouth, pose (line 2)",
+        "motion.limits.yaw_deg: Input should be less than or equal to 90 (got 91) (line 3)",
     ]
 
 

@@ -23,7 +23,8 @@ from daemon.config import (
     VirtualCamSinkConfig,
 )
 from daemon.errors import SinkError
-from daemon.frames import CapturedFrame, OutputFrame
+from daemon.frames import OutputFrame
+from daemon.motion import Motion
 from daemon.pipeline import FrameLoop, Pipeline
 from daemon.sinks import (
     FileSink,
@@ -409,11 +410,11 @@ class FailingGenerator:
     def __init__(self, frames: list[np.ndarray], fail_from: int):
         self.frames, self.fail_from = frames, fail_from
         self.calls = 0
-        self.drivers: list[CapturedFrame | None] = []
+        self.motions: list[Motion] = []
 
-    def render(self, driver: CapturedFrame | None) -> np.ndarray:
+    def render(self, motion: Motion) -> np.ndarray:
         self.calls += 1
-        self.drivers.append(driver)
+        self.motions.append(motion)
         if self.calls >= self.fail_from:
             raise RuntimeError("CUDA out of memory")
         return self.frames[self.calls - 1]
@@ -452,7 +453,7 @@ def test_frame_loop_repeats_the_last_good_frame_when_the_generator_fails(
             assert repeated.index == n
             assert np.array_equal(repeated.image, good)
         assert generator.calls == 4
-        assert generator.drivers == [None] * 4
+        assert [m.state for m in generator.motions] == ["idle"] * 4
         assert loop.frames_published == 4
         assert loop.first_frame.is_set() and loop.heartbeat is not None
         assert wait_until(lambda: sinks.statuses()[0].frames_written >= 1)
@@ -475,7 +476,7 @@ def test_frame_loop_without_a_driver_frame_still_publishes(
     frames = [loop.step() for _ in range(3)]
     assert all(f is not None for f in frames)
     assert [f.index for f in frames if f is not None] == [0, 1, 2]
-    assert generator.drivers == [None, None, None]
+    assert [m.state for m in generator.motions] == ["idle"] * 3
     for got, expected in zip(frames, generator.frames, strict=True):
         assert got is not None and np.array_equal(got.image, expected)
 
