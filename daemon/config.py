@@ -161,7 +161,7 @@ class CalibrationConfig(Section):
         3.0, ge=0, le=60, description="the first seconds searched for the best neutral"
     )
     stable_frames: int = Field(
-        6, ge=2, le=120, description="frames a candidate neutral must hold still"
+        4, ge=2, le=120, description="frames a candidate neutral must hold (nearly) still"
     )
     refine: bool = Field(
         True, description="keep refining the resting face shape while running (not the pose)"

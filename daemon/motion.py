@@ -173,33 +173,37 @@ class NeutralSearch:
     _t_first: float | None = None
     best_score: float = math.inf
 
-    # A candidate must be at least this frontal / still / closed-mouthed.
-    MAX_YAW_DEG = 15.0
-    MAX_ROLL_DEG = 12.0
-    MAX_MOUTH = 0.06
-    MAX_MOTION = 0.012  # mean landmark movement per frame, eye distances
+    # A candidate must be at least this frontal, still and closed-mouthed (a talking person
+    # is rarely perfectly still); within that, the score prefers the best.
+    MAX_YAW_DEG = 20.0
+    MAX_ROLL_DEG = 15.0
+    MAX_MOUTH = 0.08
+    MAX_MOTION = 0.05  # mean landmark movement per frame, eye distances
+    MIN_EYES = 0.75  # of the 90th percentile of the openness seen so far
+    MIN_IMPROVEMENT = 0.25  # a new neutral must score this much better (no churn on noise)
+    _found: bool = False
 
     def observe(self, points: np.ndarray, t: float) -> tuple[np.ndarray, bool] | None:
         """Feed one tracked frame; returns (neutral points, is_initial) when it found a
-        better neutral (is_initial) or a refinement of the resting shape."""
+        better neutral (is_initial) or a refinement of the resting shape. The search goes on
+        past `window_s` until a first neutral is found."""
         if self._t_first is None:
             self._t_first = t
         self._recent.append(points)
         while len(self._recent) > self.config.stable_frames:
             self._recent.popleft()
-        openness = eye_openness(points)
-        self._openness.append(openness)
+        self._openness.append(eye_openness(points))
         if len(self._recent) < self.config.stable_frames:
             return None
         score = self._score(np.stack(self._recent))
         if score is None:
             return None
         candidate = np.mean(np.stack(self._recent), axis=0)
-        in_window = t - self._t_first <= self.config.window_s
-        if in_window and score < self.best_score:
-            self.best_score = score
+        searching = t - self._t_first <= self.config.window_s or not self._found
+        if searching and score < self.best_score - self.MIN_IMPROVEMENT:
+            self.best_score, self._found = score, True
             return candidate, True
-        if not in_window and self.config.refine and score < 2.0 * self.best_score + 1.0:
+        if not searching and self.config.refine and score < 1.5 * self.best_score + 0.5:
             return candidate, False
         return None
 
@@ -208,23 +212,22 @@ class NeutralSearch:
         unit = eye_distance(window[-1])
         motion = float(np.mean(np.linalg.norm(np.diff(window[:, :, :2], axis=0), axis=-1))) / unit
         yaw, _, roll = absolute_angles(window[-1])
-        mouth = mouth_opening(window[-1])
-        open_now = eye_openness(window[-1])
-        open_ref = float(np.percentile(self._openness, 90))
+        mouth = max(mouth_opening(p) for p in window)
+        eyes = min(eye_openness(p) for p in window) / float(np.percentile(self._openness, 90))
         if (
             motion > self.MAX_MOTION
             or abs(yaw) > self.MAX_YAW_DEG
             or abs(roll) > self.MAX_ROLL_DEG
             or mouth > self.MAX_MOUTH
-            or open_now < 0.8 * open_ref
+            or eyes < self.MIN_EYES
         ):
             return None
         return (
             abs(yaw) / 10
             + abs(roll) / 10
-            + mouth / self.MAX_MOUTH
-            + 2.0 * (1.0 - open_now / open_ref)
-            + motion / self.MAX_MOTION
+            + mouth / 0.05
+            + 2.0 * max(0.0, 1.0 - eyes)
+            + motion / 0.02
         )
 
 
@@ -236,6 +239,9 @@ class MotionEstimator:
     state machine. Time `t` is the driver frame's capture time in seconds."""
 
     REFINE_RATE = 0.05  # share of a refining candidate blended into the resting shape
+    REFINE_INTERVAL_S = 1.0  # at most this often
+    # A head turns slower than a lid closes: a lower beta keeps a still head steadier.
+    POSE_BETA_SCALE = 0.25
 
     def __init__(self, config: MotionConfig, seed: int = 0):
         self.config = config
@@ -243,7 +249,8 @@ class MotionEstimator:
         self.state: TrackState = "idle"
         self._search = NeutralSearch(config.calibration)
         self._calibrate_requested = False
-        self._pose_filter = OneEuroFilter.from_config(config.smoothing)
+        self._t_refined = -math.inf
+        self._pose_filter = OneEuroFilter.from_config(config.smoothing, self.POSE_BETA_SCALE)
         self._shape_filter = OneEuroFilter.from_config(config.smoothing)
         self._last_output = Motion()
         self._last_tracked = Motion()
@@ -259,7 +266,7 @@ class MotionEstimator:
         and the tracking state are kept."""
         self.config = config
         self._search.config = config.calibration
-        self._pose_filter = OneEuroFilter.from_config(config.smoothing)
+        self._pose_filter = OneEuroFilter.from_config(config.smoothing, self.POSE_BETA_SCALE)
         self._shape_filter = OneEuroFilter.from_config(config.smoothing)
         self._idle = self._idle or IdleAnimation() if config.idle_animation else None
 
@@ -297,7 +304,8 @@ class MotionEstimator:
             self.set_neutral(candidate)
             self._t_resume, self._resume_from = landmarks.t_capture, self._last_output
             log.debug("neutral face found at frame %d", landmarks.index)
-        else:
+        elif landmarks.t_capture - self._t_refined >= self.REFINE_INTERVAL_S:
+            self._t_refined = landmarks.t_capture
             self._refine_shape(candidate)
 
     def _refine_shape(self, candidate: np.ndarray) -> None:
@@ -306,6 +314,7 @@ class MotionEstimator:
         assert self.neutral is not None
         aligned = fit_pose(self.neutral.points, candidate).invert(candidate)
         points = self.neutral.points + self.REFINE_RATE * (aligned - self.neutral.points)
+        points[RIGID] = self.neutral.points[RIGID]  # the pose reference stays exactly put
         self.neutral = Neutral.from_points(points)
 
     # ------------------------------------------------------------ per frame
