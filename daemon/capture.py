@@ -295,9 +295,9 @@ class Capture:
                     return  # the caller reopens the file from its start
                 self._set_state("ended", "end of the video file; publishing the idle avatar")
                 return
-            self._publish(image)
-            if not delivered[0]:
+            if not delivered[0]:  # state (and its log line) before anyone sees the frame
                 self._set_state("streaming", getattr(reader, "description", ""))
+            self._publish(image)
             delivered[0] += 1
             if period:
                 next_t += period

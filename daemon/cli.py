@@ -16,6 +16,7 @@ from pathlib import Path
 
 from daemon.config import Config, find_config_path, load_config, validate_config
 from daemon.errors import ConfigError, DaemonNotRunning, TalkingHeadCamError
+from daemon.native_stderr import filter_native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ def _size_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    filter_native_stderr()
     args = build_parser().parse_args(argv)
     if args.command != "run":
         setup_logging("warning")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,6 +60,7 @@ def _quiet_mediapipe() -> None:
     """MediaPipe's C++ and TFLite logging: errors only (set before the graph starts)."""
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype")
 
 
 def choose_face(

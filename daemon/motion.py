@@ -332,6 +332,8 @@ class MotionEstimator:
             self._t_resume, self._resume_from = t, self._last_output
             self._pose_filter.reset()
             self._shape_filter.reset()
+        if self.state != "tracked":
+            log.info("face %s", "found" if self.state == "idle" else "back")
         self.state = "tracked"
         motion = self.measure(landmarks, t)
         self._last_tracked = motion
@@ -346,10 +348,12 @@ class MotionEstimator:
     def _untracked(self, t: float) -> Motion:
         if self.state == "tracked":
             self.state, self._t_lost = "lost", t
+            log.info("face lost: holding the last pose for %.1f s", self.config.lost_grace_s)
         if self.state == "lost":
             if t - self._t_lost < self.config.lost_grace_s:
                 return replace(self._last_tracked, state="lost")
             self.state, self._t_idle, self._idle_from = "idle", t, self._last_output
+            log.info("no face: the avatar idles")
             self._t_resume = None
         target = self._idle.motion(t) if self._idle is not None else Motion()
         weight = _ease((t - self._t_idle) / max(self.config.idle_ease_s, 1e-6))

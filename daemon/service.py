@@ -256,7 +256,8 @@ class Daemon:
         if not self.frames_flowing():
             state = "stalled"
         sinks = ", ".join(f"{s.name} {s.state}" for s in self.sinks.statuses())
-        return f"{state}; {self.stats.fps():.1f} fps; sinks: {sinks or 'none'}"
+        face = loop.pipeline.motion.state
+        return f"{state}; face {face}; {self.stats.fps():.1f} fps; sinks: {sinks or 'none'}"
 
     def _send_status(self) -> None:
         line = self.status_line()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -153,3 +156,43 @@ def test_sd_notify_messages_arrive_in_order_and_watchdog_stops_on_a_stall(
     assert texts[-1] == "STOPPING=1"
     assert texts.count("STOPPING=1") == 1
     assert "test hook: frame loop stalled" in daemon.log()
+
+
+def test_calibrate_command_reaches_the_running_daemon(
+    start_daemon, notify_socket, tmp_path, face_image
+):
+    clip = write_video(tmp_path / "face.mp4", face_image, frames=30, fps=30, size=(300, 350))
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    env = {"XDG_RUNTIME_DIR": str(runtime)}
+    daemon = start_daemon(config_text(str(clip)), env=env)
+    ready = notify_socket.wait_for("READY=1")
+    notify_socket.wait_for("face tracked", after=ready)
+    assert (runtime / f"talking-head-cam-{os.getuid()}.pid").read_text().strip() == str(
+        daemon.proc.pid
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", "calibrate"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"asked the daemon (pid {daemon.proc.pid}) to calibrate" in result.stdout
+    deadline = time.monotonic() + 10
+    while "neutral face calibrated (requested)" not in daemon.log():
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.05)
+    assert daemon.stop() == 0
+    assert not (runtime / f"talking-head-cam-{os.getuid()}.pid").exists()
+
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", "calibrate"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "the daemon is not running" in result.stderr

@@ -106,3 +106,32 @@ def test_bench_prints_per_stage_latency_and_loop_fps(tmp_path):
     assert {"capture_decode", "generator", "sink:file"} <= stages
     assert lines[-1].startswith("loop fps (unpaced, whole pipeline): ")
     assert float(lines[-1].rsplit(" ", 1)[1]) > 0
+
+
+def test_render_neutral_frame_option(tmp_path, face_image):
+    driver = write_video(tmp_path / "driver.mp4", face_image, frames=12, fps=24, size=(300, 350))
+    out = tmp_path / "out.mp4"
+    ok = cli(
+        "render",
+        "--driver",
+        str(driver),
+        "--out",
+        str(out),
+        "--neutral-frame",
+        "5",
+        "--width",
+        "160",
+        "--height",
+        "120",
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert len(read_video(out)[0]) == 12
+    beyond = cli("render", "--driver", str(driver), "--out", str(out), "--neutral-frame", "40")
+    assert beyond.returncode == 1
+    assert beyond.stderr.strip() == (
+        f"talking-head-cam: --neutral-frame 40: {driver} has fewer frames than that"
+    )
+    blank = write_video(tmp_path / "blank.mp4", face_image * 0, frames=3, fps=24)
+    noface = cli("render", "--driver", str(blank), "--out", str(out), "--neutral-frame", "1")
+    assert noface.returncode == 1
+    assert f"no face found in that frame of {blank}" in noface.stderr
