@@ -6,7 +6,7 @@ UNIT_DIR := $(HOME)/.config/systemd/user
 CONFIG_DIR := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/talking-head-cam
 SYSTEMCTL ?= systemctl
 
-.PHONY: install demo run test bench lint config install-service uninstall-service clean
+.PHONY: install demo run test bench eval lint config install-service uninstall-service clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ test: install
 
 bench: install
 	$(BIN)/talking-head-cam --config config.yaml bench
+
+# Dev clips × a few avatars → reports/eval.md + plots (skips when ../shared/data is absent).
+DATA ?= ../shared/data
+eval: install
+	$(BIN)/python -m daemon.evaluate --config config.yaml --data $(DATA) --out reports
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,4 +1,4 @@
-"""`talking-head-cam`: run | render | demo | calibrate | doctor | check-config | bench | ...
+"""`talking-head-cam`: run | render | eval | demo | calibrate | doctor | check-config | bench | ...
 
 Exit codes: 0 fine, 1 a runtime problem (message on stderr), 2 a config or usage error
 (systemd's RestartPreventExitStatus=2 keeps a hopeless config from restart-looping).
@@ -7,6 +7,7 @@ Exit codes: 0 fine, 1 a runtime problem (message on stderr), 2 a config or usage
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -55,6 +56,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     config = _override(_load(args.config), args)
     print(render_video(config, args.driver, Path(args.out), args.neutral_frame))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from daemon.evaluate import evaluate
+
+    result = evaluate(_override(_load(args.config), args), args.driver)
+    print(json.dumps(result.as_dict()) if args.json else result.format_table())
     return 0
 
 
@@ -159,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _size_args(render)
     render.set_defaults(func=cmd_render)
+
+    evaluate = sub.add_parser(
+        "eval", help="score how well the output follows a driver video (vs the still avatar)"
+    )
+    evaluate.add_argument("--avatar", help="avatar image (default: the config's)")
+    evaluate.add_argument("--driver", required=True, help="driving video file")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--width", type=int, default=512, help="output width (default: 512)")
+    evaluate.add_argument("--height", type=int, default=512, help="output height (default: 512)")
+    evaluate.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", help="render a demo video; needs no camera, GPU or v4l2loopback")
     demo.add_argument("--out", default="out/demo.mp4", help="output video (default: %(default)s)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Protocol
@@ -101,12 +100,15 @@ class MediaPipeLandmarks:
             min_tracking_confidence=config.min_tracking_confidence,
         )
         self._previous: Landmarks | None = None
-        self._last_detection = time.monotonic()
+        self._last_detection: float | None = None
 
     def detect(self, image: np.ndarray, t_capture: float, index: int) -> Landmarks | None:
-        redetect_s = self.config.redetect_s
-        if redetect_s and time.monotonic() - self._last_detection > redetect_s:
+        redetect_s = self.config.redetect_s  # on the frames' clock: renders are repeatable
+        if self._last_detection is None or t_capture < self._last_detection:
+            self._last_detection = t_capture
+        elif redetect_s and t_capture - self._last_detection > redetect_s:
             self.reset()
+            self._last_detection = t_capture
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         rgb.flags.writeable = False
         result = self._mesh.process(rgb)
@@ -130,7 +132,6 @@ class MediaPipeLandmarks:
     def reset(self) -> None:
         """Forget the track: the next frame runs the face detector again."""
         self._mesh.reset()
-        self._last_detection = time.monotonic()
 
     def close(self) -> None:
         self._mesh.close()
