@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="render a demo video; needs no camera, GPU or v4l2loopback")
     demo.add_argument("--out", default="out/demo.mp4", help="output video (default: %(default)s)")
-    demo.add_argument("--seconds", type=float, default=6.0, help="length (default: %(default)s)")
+    demo.add_argument("--seconds", type=float, default=8.0, help="length (default: %(default)s)")
     demo.add_argument("--driver", help="render this driving video instead")
     demo.add_argument("--avatar", help="avatar image (default: the embedded one)")
     _size_args(demo)

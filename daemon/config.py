@@ -92,7 +92,37 @@ class StillGeneratorConfig(Section):
     type: Literal["still"] = Field("still", description="still: the avatar image, unanimated")
 
 
-GeneratorConfig = Annotated[StillGeneratorConfig, Field(discriminator="type")]
+class MeshGeneratorConfig(Section):
+    """Animates the avatar: its 3D face mesh follows your expression and head pose."""
+
+    type: Literal["mesh"] = Field(
+        "mesh", description="mesh: the avatar's face mesh, deformed and re-posed, warped"
+    )
+    background: Literal["avatar", "blur", "color", "image"] = Field(
+        "avatar",
+        description="behind the person: the avatar's own (person painted out), "
+        "blurred, a colour, or an image",
+    )
+    background_color: str = Field(
+        "#30343c", pattern=r"^#[0-9a-fA-F]{6}$", description="for background: color (#rrggbb)"
+    )
+    background_image: str | None = Field(None, description="for background: image, the image file")
+    map_scale: Literal[1, 2] = Field(
+        2, description="warp maps at 1/map_scale resolution: 2 is faster, 1 a little sharper"
+    )
+
+    def background_bgr(self) -> tuple[int, int, int]:
+        value = int(self.background_color[1:], 16)
+        return value & 0xFF, (value >> 8) & 0xFF, value >> 16
+
+    @model_validator(mode="after")
+    def _image_needs_a_file(self) -> MeshGeneratorConfig:
+        if self.background == "image" and not self.background_image:
+            raise ValueError("background: image needs background_image: PATH")
+        return self
+
+
+GeneratorConfig = Annotated[MeshGeneratorConfig | StillGeneratorConfig, Field(discriminator="type")]
 
 
 class MediaPipeTrackingConfig(Section):
@@ -244,7 +274,7 @@ class Config(Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
     tracking: TrackingConfig = Field(default_factory=MediaPipeTrackingConfig)
     motion: MotionConfig = Field(default_factory=MotionConfig)
-    generator: GeneratorConfig = Field(default_factory=StillGeneratorConfig)
+    generator: GeneratorConfig = Field(default_factory=MeshGeneratorConfig)
     sinks: list[SinkConfig] = Field(
         default_factory=lambda: [VirtualCamSinkConfig(type="virtualcam")],
         description="where the avatar video goes; several at once, each picked by its type",
@@ -367,7 +397,14 @@ def resolve_paths(config: Config, base: Path) -> Config:
         s.model_copy(update={"path": absolute(s.path)}) if isinstance(s, FileSinkConfig) else s
         for s in config.sinks
     ]
-    return config.model_copy(update={"capture": capture, "avatar": avatar, "sinks": sinks})
+    generator = config.generator
+    if isinstance(generator, MeshGeneratorConfig) and generator.background_image:
+        generator = generator.model_copy(
+            update={"background_image": absolute(generator.background_image)}
+        )
+    return config.model_copy(
+        update={"capture": capture, "avatar": avatar, "sinks": sinks, "generator": generator}
+    )
 
 
 # ---------------------------------------------------------------- error wording
@@ -456,6 +493,7 @@ _TAGGED: dict[str, type[BaseModel]] = {
     "file": FileSinkConfig,
     "null": NullSinkConfig,
     "still": StillGeneratorConfig,
+    "mesh": MeshGeneratorConfig,
     "mediapipe": MediaPipeTrackingConfig,
 }
 

@@ -11,7 +11,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from daemon.config import Config, StillGeneratorConfig
+from daemon.avatar import load_avatar
+from daemon.config import Config, MeshGeneratorConfig, StillGeneratorConfig
 from daemon.motion import Motion
 
 LETTERBOX_BGR = (0, 0, 0)
@@ -48,7 +49,14 @@ class StillGenerator:
         return self._frame
 
 
-def build_generator(config: Config, avatar: np.ndarray) -> Generator:
-    backends = {"still": StillGenerator}
-    backend = backends[config.generator.type]
-    return backend(config.generator, avatar, config.output.width, config.output.height)
+def build_generator(config: Config, avatar: str | None = None) -> Generator:
+    """The configured generator for `avatar` (default: config.avatar.image). Raises
+    AvatarError when the avatar cannot be read or prepared."""
+    spec = config.avatar.image if avatar is None else avatar
+    out = config.output
+    if isinstance(config.generator, MeshGeneratorConfig):
+        from daemon.avatar_prep import prepare_avatar
+        from daemon.mesh_generator import MeshGenerator
+
+        return MeshGenerator(config.generator, prepare_avatar(spec), out.width, out.height)
+    return StillGenerator(config.generator, load_avatar(spec), out.width, out.height)

@@ -32,6 +32,7 @@ from daemon.facegeom import (
     rotation_to_angles,
 )
 from daemon.landmarks import Landmarks
+from daemon.mesh import LIPS_LOWER_INNER, LIPS_UPPER_INNER
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,32 @@ class OneEuroFilter:
 # ---------------------------------------------------------------- the neutral face
 
 
+MOUTH_CLOSED = 0.02  # inner-lip gap per eye distance that counts as a closed mouth
+
+
+def close_mouth(points: np.ndarray) -> np.ndarray:
+    """The same face with its mouth shut: the lower lip, chin and jaw raised by the gap.
+
+    A neutral caught mid-word (say the first frame of a clip) would otherwise turn every
+    later opening into a negative one; relative to a closed mouth, opening is opening.
+    """
+    unit = eye_distance(points)
+    upper, lower = points[LIPS_UPPER_INNER], points[LIPS_LOWER_INNER]
+    gaps = lower[:, 1] - upper[:, 1]
+    if mouth_opening(points) <= MOUTH_CLOSED or gaps.max() <= 0:
+        return points
+    closed = points.copy()
+    corners_y = points[[LIPS_UPPER_INNER[0], LIPS_UPPER_INNER[-1]], 1].mean()
+    center = lower.mean(0)
+    below = points[:, 1] > corners_y
+    falloff = np.clip(
+        1.0 - np.linalg.norm(points[:, :2] - center[:2], axis=1) / (1.3 * unit), 0.0, 1.0
+    )
+    closed[below, 1] -= float(np.max(gaps)) * falloff[below]
+    closed[LIPS_LOWER_INNER] = points[LIPS_UPPER_INNER]  # the inner lips meet
+    return closed
+
+
 @dataclass(frozen=True, slots=True)
 class Neutral:
     """The user's neutral face and the signals measured on it."""
@@ -149,7 +176,7 @@ class Neutral:
 
     @classmethod
     def from_points(cls, points: np.ndarray) -> Neutral:
-        points = np.asarray(points, np.float64)
+        points = close_mouth(np.asarray(points, np.float64))
         return cls(
             points=points,
             eye_distance=eye_distance(points),

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from daemon.capture import VideoFileReader
 from daemon.config import Config, FileSinkConfig, MediaPipeTrackingConfig
+from daemon.demo import scripted_motion
 from daemon.errors import CaptureError
 from daemon.frames import CapturedFrame
+from daemon.generator import build_generator
 from daemon.landmarks import MediaPipeLandmarks
 from daemon.pipeline import Pipeline
 from daemon.service import build_pipeline
@@ -97,14 +99,14 @@ def _set_neutral_from_frame(pipeline: Pipeline, driver: str, index: int) -> None
 
 
 def render_demo(config: Config, out: Path, seconds: float) -> RenderResult:
-    """The avatar with no camera at all (idle input), for `make demo` on any machine."""
-    pipeline = build_pipeline(config, RollingStats())
+    """The avatar performing the built-in script (talk, blink, nod, look around), with no
+    camera at all: `make demo` on any machine."""
+    generator = build_generator(config)
     sink = _open_file_sink(config, out)
     frames = round(seconds * config.output.fps)
     try:
         for index in range(frames):
-            sink.write(pipeline.process(None, index / config.output.fps))
+            sink.write(generator.render(scripted_motion(index / config.output.fps)))
     finally:
         sink.close()
-        pipeline.close()
     return RenderResult(out, frames, config.output.fps, config.output.width, config.output.height)

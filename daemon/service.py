@@ -16,13 +16,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-
-from daemon.avatar import load_avatar
 from daemon.capture import Capture
 from daemon.config import DEFAULT_LABEL, Config, VirtualCamSinkConfig, find_config_path, load_config
 from daemon.errors import AvatarError, ConfigError
-from daemon.generator import build_generator
+from daemon.generator import Generator, build_generator
 from daemon.landmarks import build_landmarks
 from daemon.motion import MotionEstimator
 from daemon.notify import Notifier
@@ -46,26 +43,23 @@ def own_labels(config: Config) -> tuple[str, ...]:
     return tuple(sorted(labels))
 
 
-def load_avatar_or_default(spec: str) -> np.ndarray:
-    """The configured avatar; a bad file logs the error and uses the embedded default, so a
-    typo never keeps the camera from starting."""
+def build_generator_or_default(config: Config) -> Generator:
+    """The configured generator; a bad avatar file logs the error and uses the embedded
+    default instead, so a typo never keeps the camera from starting."""
     try:
-        return load_avatar(spec)
+        return build_generator(config)
     except AvatarError as exc:
         log.error("%s; using the default avatar", exc)
-        return load_avatar("default")
+        return build_generator(config, "default")
 
 
 def build_pipeline(
-    config: Config, stats: RollingStats, avatar: np.ndarray | None = None
+    config: Config, stats: RollingStats, generator: Generator | None = None
 ) -> Pipeline:
     """The whole per-frame path for `config`: landmarks → motion → generator. Raises
-    AvatarError when the avatar cannot be loaded (unless `avatar` is given)."""
-    generator = build_generator(
-        config, load_avatar(config.avatar.image) if avatar is None else avatar
-    )
+    AvatarError when the avatar cannot be used (unless a generator is given)."""
     return Pipeline(
-        generator,
+        build_generator(config) if generator is None else generator,
         stats,
         config.output.width,
         config.output.height,
@@ -142,8 +136,7 @@ class Daemon:
             self.config.output.height,
             self.config.output.fps,
         )
-        avatar = load_avatar_or_default(self.config.avatar.image)
-        pipeline = build_pipeline(self.config, self.stats, avatar)
+        pipeline = build_pipeline(self.config, self.stats, build_generator_or_default(self.config))
         capture = self._start_capture(self.config)
         self.sinks.configure(self.config.sinks, self.config.output)
         self.loop = FrameLoop(capture, pipeline, self.sinks, self.config.output.fps, self.stats)
@@ -292,8 +285,7 @@ class Daemon:
         changed = [name for name in Config.model_fields if getattr(old, name) != getattr(new, name)]
         pipeline = loop.pipeline
         if {"avatar", "output", "generator"} & set(changed):
-            generator = build_generator(new, load_avatar(new.avatar.image))
-            pipeline.set_generator(generator, new.output.width, new.output.height)
+            pipeline.set_generator(build_generator(new), new.output.width, new.output.height)
         if "tracking" in changed:
             pipeline.set_detector(build_landmarks(new.tracking))
         if "motion" in changed and pipeline.estimator is not None:

@@ -73,7 +73,18 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def expected_still(avatar: np.ndarray, width: int, height: int) -> np.ndarray:
+    """What the `still` generator publishes: the avatar letterboxed."""
     return letterbox(avatar, width, height)
+
+
+def mesh_rest_frame(width: int, height: int, avatar: str = "default") -> np.ndarray:
+    """What the `mesh` generator publishes for a neutral motion: the avatar at rest."""
+    from daemon.config import Config
+    from daemon.generator import build_generator
+    from daemon.motion import Motion
+
+    config = Config.model_validate({"output": {"width": width, "height": height}})
+    return build_generator(config, avatar).render(Motion())
 
 
 class NotifySocket:

@@ -9,17 +9,20 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import expected_still, mean_abs_diff, read_video, write_video
+from conftest import expected_still, mean_abs_diff, mesh_rest_frame, read_video, write_video
 
 SIZE = (320, 240)
 WATCHDOG = {"WATCHDOG_USEC": "3000000"}  # pings every second while frames flow
 
 
-def config_text(source: str, *sinks: Path, extra: str = "") -> str:
+def config_text(source: str, *sinks: Path, extra: str = "", generator: str = "still") -> str:
+    """The daemon's mechanics are tested with the `still` generator (the avatar as it is,
+    exact to compare); the mesh generator has its own end-to-end test below."""
     sink_lines = "".join(f"  - {{type: file, path: {p}}}\n" for p in sinks)
     return (
         f"capture: {{source: {source}, retry_max_s: 0.5}}\n"
         f"output: {{width: {SIZE[0]}, height: {SIZE[1]}, fps: 20}}\n"
+        f"generator: {{type: {generator}}}\n"
         f"sinks:\n{sink_lines}  - {{type: 'null'}}\n{extra}"
     )
 
@@ -69,6 +72,27 @@ def test_camera_frames_are_never_published(
     assert daemon.stop() == 0
     camera = read_video(clip)[0][0]
     assert_all_avatar(read_video(out)[0], face_image, camera=camera)
+
+
+def test_the_animated_avatar_is_published_never_the_camera(
+    start_daemon, notify_socket, tmp_path, other_face
+):
+    """The default (mesh) generator end to end: a real face on the camera animates the
+    avatar; every published frame is the avatar, none is (close to) a camera frame."""
+    clip = write_video(tmp_path / "camera.mp4", other_face, frames=30, fps=30, size=SIZE)
+    out = tmp_path / "live.mp4"
+    daemon = start_daemon(config_text(str(clip), out, generator="mesh"), env=WATCHDOG)
+    ready = notify_socket.wait_for("READY=1")
+    notify_socket.wait_for("face tracked", after=ready)
+    wait_for_pings(notify_socket, 2, after=ready)
+    assert daemon.stop() == 0
+    rest = mesh_rest_frame(*SIZE)
+    camera = read_video(clip)[0]
+    frames = read_video(out)[0]
+    assert len(frames) >= 10
+    for frame in frames:
+        assert mean_abs_diff(frame, rest) < 20
+        assert min(mean_abs_diff(frame, c) for c in camera) > 30
 
 
 def test_bad_avatar_file_falls_back_to_the_default_and_keeps_running(

@@ -6,8 +6,16 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
-from conftest import SHARED_DATA, expected_still, mean_abs_diff, read_video, write_video
+from conftest import (
+    SHARED_DATA,
+    expected_still,
+    mean_abs_diff,
+    mesh_rest_frame,
+    read_video,
+    write_video,
+)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -23,7 +31,11 @@ def test_render_writes_one_frame_per_driver_frame_at_the_driver_fps(
     avatar = tmp_path / "avatar.png"
     cv2.imwrite(str(avatar), face_image)
     out = tmp_path / "out.mp4"
+    config = tmp_path / "still.yaml"
+    config.write_text("generator: {type: still}\n")
     result = cli(
+        "--config",
+        str(config),
         "render",
         "--avatar",
         str(avatar),
@@ -44,6 +56,22 @@ def test_render_writes_one_frame_per_driver_frame_at_the_driver_fps(
     camera = cv2.resize(other_face, (256, 192))
     for frame in frames:
         assert mean_abs_diff(frame, still) < 6 < 30 < mean_abs_diff(frame, camera)
+
+
+def test_render_animates_the_avatar_with_the_mesh_generator(tmp_path, face_image, other_face):
+    driver = write_video(tmp_path / "driver.mp4", other_face, frames=20, fps=20)
+    out = tmp_path / "out.mp4"
+    result = cli(
+        "render", "--driver", str(driver), "--out", str(out), "--width", "256", "--height", "192"
+    )
+    assert result.returncode == 0, result.stderr
+    frames, fps = read_video(out)
+    assert (len(frames), fps) == (20, 20)
+    rest = mesh_rest_frame(256, 192)
+    camera = [cv2.resize(f, (256, 192)) for f in read_video(driver)[0]]
+    for frame in frames:
+        assert mean_abs_diff(frame, rest) < 20
+        assert min(mean_abs_diff(frame, c) for c in camera) > 30
 
 
 def test_render_a_dev_clip_frame_for_frame(tmp_path):
@@ -85,14 +113,17 @@ def test_render_errors_are_one_clear_line(tmp_path, face_image):
     )
 
 
-def test_demo_needs_no_camera_and_says_where_it_wrote(tmp_path, face_image):
+def test_demo_needs_no_camera_and_says_where_it_wrote(tmp_path):
     out = tmp_path / "demo.mp4"
-    result = cli("demo", "--out", str(out), "--seconds", "1", "--width", "320", "--height", "240")
+    result = cli("demo", "--out", str(out), "--seconds", "2", "--width", "320", "--height", "240")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"wrote {out} (30 frames, 320x240 @ 30 fps)"
+    assert result.stdout.strip() == f"wrote {out} (60 frames, 320x240 @ 30 fps)"
     frames, _ = read_video(out)
-    assert len(frames) == 30
-    assert mean_abs_diff(frames[0], expected_still(face_image, 320, 240)) < 6
+    assert len(frames) == 60
+    rest = mesh_rest_frame(320, 240)
+    differences = [mean_abs_diff(frame, rest) for frame in frames]
+    assert max(differences) < 20  # the avatar throughout ...
+    assert np.ptp(differences) > 0.5  # ... performing (talking, blinking, nodding)
 
 
 def test_bench_prints_per_stage_latency_and_loop_fps(tmp_path):

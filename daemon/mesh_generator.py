@@ -1,0 +1,555 @@
+"""The mesh generator (`generator.type: mesh`): the avatar photo come alive.
+
+Per frame: the avatar's 3D mesh takes the driver's pose-free expression (scaled to the
+avatar's face), its lids close by the blink signal, then the whole head turns, moves and
+scales around the avatar's head centre; hair and neck follow partly, the border not at all.
+The image is rendered by a piecewise-affine warp of the avatar (far triangles first), the
+eye and mouth holes are filled with the avatar's own eyeballs (the iris moved by the gaze)
+and a mouth interior, and the person is composited over a still background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from daemon.avatar import load_avatar
+from daemon.avatar_prep import PreparedAvatar
+from daemon.config import MeshGeneratorConfig
+from daemon.facegeom import RIGID, angles_to_rotation, eye_distance
+from daemon.mesh import (
+    LEFT_EYE_BROW_RING,
+    LEFT_EYE_CREASE,
+    LEFT_EYE_LOWER,
+    LEFT_EYE_UPPER,
+    LIPS_LOWER_INNER,
+    LIPS_LOWER_OUTER,
+    LIPS_UPPER_INNER,
+    LIPS_UPPER_OUTER,
+    N_FACE,
+    RIGHT_EYE_BROW_RING,
+    RIGHT_EYE_CREASE,
+    RIGHT_EYE_LOWER,
+    RIGHT_EYE_UPPER,
+    AvatarMesh,
+    build_mesh,
+)
+from daemon.motion import Motion
+from daemon.warp import Roi, signed_areas, warp_maps
+
+EYES = (  # (upper margin, lower margin, crease, iris landmark): the subject's right, left
+    (RIGHT_EYE_UPPER, RIGHT_EYE_LOWER, RIGHT_EYE_CREASE, 468),
+    (LEFT_EYE_UPPER, LEFT_EYE_LOWER, LEFT_EYE_CREASE, 473),
+)
+BROW_RINGS = (RIGHT_EYE_BROW_RING, LEFT_EYE_BROW_RING)
+LID_DRIVEN = sorted(
+    set(
+        RIGHT_EYE_UPPER
+        + RIGHT_EYE_LOWER
+        + RIGHT_EYE_CREASE
+        + LEFT_EYE_UPPER
+        + LEFT_EYE_LOWER
+        + LEFT_EYE_CREASE
+    )
+)
+# How far each ring above the eye travels with the lid margin: the lashes and the lid's
+# edge come down whole, the skin above them stretches (a closed lid, not a squashed eye).
+CREASE_TRAVEL, BROW_RING_TRAVEL = 0.6, 0.2
+LID_OVERSHOOT = 1.1  # a shut lid tucks just past the lower one: no sliver of eye remains
+FACE_HEIGHT_SHARE = 0.55  # at most this share of the output height is face (chin to brow)
+PIVOT_DEPTH = 0.5  # the head turns about a point this many eye distances behind the face
+
+
+# ---------------------------------------------------------------- framing and background
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """avatar pixels → output pixels: uniform scale, then offset."""
+
+    scale: float
+    offset: np.ndarray  # (2,)
+
+    def matrix(self) -> np.ndarray:
+        return np.float32([[self.scale, 0, self.offset[0]], [0, self.scale, self.offset[1]]])
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        out = np.array(points, np.float64)
+        out[:, :2] = out[:, :2] * self.scale + self.offset
+        if out.shape[1] > 2:
+            out[:, 2] *= self.scale
+        return out
+
+
+def frame_avatar(points: np.ndarray, size: tuple[int, int], width: int, height: int) -> Framing:
+    """Fill the output with the avatar (cover), unless that would make the face too big;
+    the face centred across and a little above the middle."""
+    img_w, img_h = size
+    face = points[:N_FACE, :2]
+    face_height = float(np.ptp(face[:, 1]))
+    scale = min(max(width / img_w, height / img_h), FACE_HEIGHT_SHARE * height / face_height)
+    center = face.mean(0)
+    offset = np.array([width / 2 - center[0] * scale, 0.46 * height - center[1] * scale])
+    for axis, (out, src) in enumerate(((width, img_w), (height, img_h))):
+        span = src * scale  # no gap where the image can cover; centred where it cannot
+        offset[axis] = np.clip(offset[axis], out - span, 0.0) if span >= out else ((out - span) / 2)
+    return Framing(scale, offset)
+
+
+def _cover(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    scale = max(width / image.shape[1], height / image.shape[0])
+    resized = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    top = (resized.shape[0] - height) // 2
+    left = (resized.shape[1] - width) // 2
+    return resized[top : top + height, left : left + width]
+
+
+def build_background(
+    config: MeshGeneratorConfig, avatar: PreparedAvatar, framing: Framing, width: int, height: int
+) -> np.ndarray:
+    """The still background of the output (what shows around and behind the person)."""
+    if config.background == "color":
+        return np.full((height, width, 3), config.background_bgr(), np.uint8)
+    if config.background == "image":
+        return _cover(load_avatar(str(config.background_image)), width, height)
+    plate = avatar.plate
+    blurred = cv2.GaussianBlur(_cover(plate, width, height), (0, 0), 25)
+    if config.background == "blur":
+        sharp = cv2.GaussianBlur(plate, (0, 0), max(plate.shape[:2]) / 60)
+    else:
+        sharp = plate
+    inside = cv2.warpAffine(
+        np.full(plate.shape[:2], 255, np.uint8),
+        framing.matrix(),
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+    )
+    framed = cv2.warpAffine(
+        sharp,
+        framing.matrix(),
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    return _blend(blurred, framed, inside)
+
+
+def _blend(background: np.ndarray, foreground: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """background · (1 − α) + foreground · α, α an uint8 mask."""
+    weight = alpha.astype(np.float32) * (1.0 / 255.0)
+    return cv2.blendLinear(foreground, background, weight, 1.0 - weight)
+
+
+# ---------------------------------------------------------------- eyes
+
+
+class LidState:
+    """Blink signal → lid closure (0 open .. 1 shut), with hysteresis: the tracker never
+    reads a closed eye as 0 (more like 0.2–0.3 of open), and one threshold would flicker."""
+
+    CLOSE_BELOW = 0.45
+    OPEN_ABOVE = 0.6
+    SHUT_READING = 0.3  # what a shut eye reads (relative to the neutral's opening)
+    MAX_PARTIAL = 0.7
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def closure(self, eye_open: float) -> float:
+        if self.closed and eye_open > self.OPEN_ABOVE:
+            self.closed = False
+        elif not self.closed and eye_open < self.CLOSE_BELOW:
+            self.closed = True
+        if self.closed:
+            return 1.0
+        partial = (1.0 - eye_open) / (1.0 - self.SHUT_READING)
+        return float(np.clip(partial, 0.0, self.MAX_PARTIAL))
+
+
+@dataclass(frozen=True, slots=True)
+class Eyeball:
+    """One eye's content behind the lids, in avatar pixels: the white with the iris painted
+    out, and the iris as a patch with its own alpha (only the part the lids showed)."""
+
+    origin: np.ndarray  # (2,) top-left of the sclera patch
+    sclera: np.ndarray  # BGR
+    iris: np.ndarray  # BGRA, centred on the iris
+    iris_center: np.ndarray  # (2,)
+    corners: tuple[int, int]  # landmark indices: outer, inner
+    width: float  # corner to corner
+
+
+def build_eyeball(
+    image: np.ndarray, points: np.ndarray, upper: list[int], lower: list[int], iris: int
+) -> Eyeball:
+    corners = (upper[0], upper[-1])
+    opening = np.vstack([points[upper, :2], points[lower[-2:0:-1], :2]])
+    width = float(np.linalg.norm(points[corners[0], :2] - points[corners[1], :2]))
+    margin = 0.5 * width
+    x0, y0 = np.floor(opening.min(0) - margin).astype(int).clip(0)
+    x1, y1 = np.ceil(opening.max(0) + margin).astype(int)
+    x1, y1 = min(x1, image.shape[1]), min(y1, image.shape[0])
+    patch = image[y0:y1, x0:x1].copy()
+    origin = np.array([x0, y0], np.float64)
+    center = points[iris, :2]
+    radius = max(
+        2.0, float(np.mean(np.linalg.norm(points[iris + 1 : iris + 5, :2] - center, axis=1)))
+    )
+    local_open = np.zeros(patch.shape[:2], np.uint8)
+    cv2.fillPoly(
+        local_open, [np.round((opening - origin) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4
+    )
+    disc = np.zeros(patch.shape[:2], np.uint8)
+    cv2.circle(
+        disc,
+        tuple(np.round((center - origin) * 16).astype(int)),
+        round(radius * 1.15 * 16),
+        255,
+        -1,
+        cv2.LINE_AA,
+        4,
+    )
+    iris_alpha = cv2.min(disc, local_open)
+    sclera = cv2.inpaint(
+        patch, cv2.dilate(iris_alpha, np.ones((3, 3), np.uint8)), 3, cv2.INPAINT_TELEA
+    )
+    bgra = np.dstack([patch, cv2.GaussianBlur(iris_alpha, (3, 3), 0)])
+    half = int(np.ceil(radius * 1.4))
+    cx, cy = np.round(center - origin).astype(int)
+    iris_patch = np.zeros((2 * half + 1, 2 * half + 1, 4), np.uint8)
+    sy0, sy1 = max(0, cy - half), min(patch.shape[0], cy + half + 1)
+    sx0, sx1 = max(0, cx - half), min(patch.shape[1], cx + half + 1)
+    iris_patch[sy0 - (cy - half) : sy1 - (cy - half), sx0 - (cx - half) : sx1 - (cx - half)] = bgra[
+        sy0:sy1, sx0:sx1
+    ]
+    return Eyeball(origin, sclera, iris_patch, center.astype(np.float64), corners, width)
+
+
+def _similarity(
+    src: tuple[np.ndarray, np.ndarray], dst: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """2x3 similarity taking the segment src onto the segment dst."""
+    s0, s1 = complex(*src[0]), complex(*src[1])
+    d0, d1 = complex(*dst[0]), complex(*dst[1])
+    a = (d1 - d0) / (s1 - s0) if s1 != s0 else 1.0
+    b = d0 - a * s0
+    return np.float32([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]])
+
+
+# ---------------------------------------------------------------- mouth
+
+
+@dataclass(frozen=True, slots=True)
+class MouthColours:
+    """The avatar's own lip, skin and light, to colour a synthetic mouth interior."""
+
+    cavity: np.ndarray
+    teeth: np.ndarray
+    tongue: np.ndarray
+
+    @classmethod
+    def sample(cls, image: np.ndarray, points: np.ndarray) -> MouthColours:
+        lips = np.zeros(image.shape[:2], np.uint8)
+        outer = np.vstack([points[LIPS_UPPER_OUTER, :2], points[LIPS_LOWER_OUTER[-2:0:-1], :2]])
+        inner = np.vstack([points[LIPS_UPPER_INNER, :2], points[LIPS_LOWER_INNER[-2:0:-1], :2]])
+        cv2.fillPoly(lips, [np.round(outer).astype(np.int32)], 255)
+        cv2.fillPoly(lips, [np.round(inner).astype(np.int32)], 0)
+        lip = np.array(cv2.mean(image, lips)[:3])
+        cheeks = np.zeros(image.shape[:2], np.uint8)
+        for index in (50, 280, 101, 330):
+            cv2.circle(
+                cheeks,
+                tuple(np.round(points[index, :2]).astype(int)),
+                max(2, round(eye_distance(points) * 0.08)),
+                255,
+                -1,
+            )
+        skin = np.array(cv2.mean(image, cheeks)[:3])
+        light = float(np.clip(skin.mean() / 170.0, 0.45, 1.15))
+        teeth = np.clip(np.array([226.0, 234.0, 238.0]) * light * 0.85 + skin * 0.15, 0, 255)
+        return cls(cavity=lip * 0.22, teeth=teeth, tongue=lip * 0.62)
+
+
+def paint_mouth(
+    person: np.ndarray, upper: np.ndarray, lower: np.ndarray, colours: MouthColours, unit: float
+) -> None:
+    """A mouth interior inside the current inner-lip contour (ROI pixel coordinates): dark
+    cavity, upper teeth under the upper lip, a tongue low at the back, shaded darker towards
+    the corners; it fades in and grows with the opening, coloured from the avatar."""
+    polygon = np.vstack([upper, lower[-2:0:-1]])
+    gap = float(np.max(lower[1:-1, 1] - upper[1:-1, 1]))
+    if gap < 0.015 * unit:
+        return  # closed: the lips meet
+    (x0, y0), (x1, y1) = (
+        np.floor(polygon.min(0)).astype(int) - 2,
+        np.ceil(polygon.max(0)).astype(int) + 3,
+    )
+    x0, y0 = max(x0, 0), max(y0, 0)
+    x1, y1 = min(x1, person.shape[1]), min(y1, person.shape[0])
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return
+    origin = np.array([x0, y0], np.float64)
+    box = np.empty((y1 - y0, x1 - x0, 3), np.float32)
+    box[:] = colours.cavity
+    width = float(np.linalg.norm(upper[-1] - upper[0]))
+    if gap > 0.12 * unit:
+        tongue = lower[len(lower) // 2] - origin - np.array([0.0, 0.25 * gap])
+        cv2.ellipse(
+            box,
+            tuple(np.round(tongue * 16).astype(int)),
+            (round(0.28 * width * 16), round(0.3 * gap * 16)),
+            0,
+            180,
+            360,
+            colours.tongue.tolist(),
+            -1,
+            cv2.LINE_AA,
+            4,
+        )
+    if gap > 0.04 * unit:  # along the upper lip's line, clear of the corners
+        teeth_height = min(0.3 * gap, 0.075 * unit)
+        order = np.argsort(upper[:, 0])
+        xs = np.linspace(*np.percentile(upper[:, 0], (12, 88)), 12)
+        top = np.interp(xs, upper[order, 0], upper[order, 1])
+        edge = np.stack([xs, top], axis=1) - origin
+        band = np.vstack([edge, (edge + np.array([0.0, teeth_height]))[::-1]])
+        cv2.fillPoly(
+            box, [np.round(band * 16).astype(np.int32)], colours.teeth.tolist(), cv2.LINE_AA, 4
+        )
+    center_x = (upper[0, 0] + upper[-1, 0]) / 2 - x0
+    xs = np.arange(box.shape[1], dtype=np.float32) - center_x
+    box *= (0.45 + 0.55 * np.exp(-((xs / (0.42 * width)) ** 2)))[None, :, None]
+    box = cv2.GaussianBlur(box, (0, 0), max(0.6, 0.05 * gap))
+    mask = np.zeros(box.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round((polygon - origin) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
+    fade = float(np.clip((gap - 0.015 * unit) / (0.035 * unit), 0.0, 1.0))
+    if fade < 1.0:
+        mask = (mask * fade).astype(np.uint8)
+    _paint_over(person[y0:y1, x0:x1], box.astype(np.uint8), mask)
+
+
+def _paint_over(person: np.ndarray, layer: np.ndarray, mask: np.ndarray) -> None:
+    """Fill a hole of the warped face (BGRA, in place) with `layer` inside the anti-aliased
+    `mask`; the hole's outline is the mask's, smooth at any map resolution."""
+    person[:, :, :3] = _blend(person[:, :, :3], layer, mask)
+    np.maximum(person[:, :, 3], mask, out=person[:, :, 3])
+
+
+def jaw_weights(points: np.ndarray, unit: float) -> np.ndarray:
+    """How far each face vertex drops when the mouth opens: 1 for the lower lip, fading
+    over the chin and jaw, 0 for the upper lip and everything above the inner-lip line."""
+    upper = points[LIPS_UPPER_INNER, :2]
+    order = np.argsort(upper[:, 0])
+    lip_line = np.interp(points[:, 0], upper[order, 0], upper[order, 1])  # flat beyond corners
+    center = points[LIPS_LOWER_INNER, :2].mean(0)
+    distance = np.linalg.norm(points[:, :2] - center, axis=1)
+    weights = np.clip(1.0 - distance / (1.5 * unit), 0.0, 1.0) ** 0.6
+    weights[points[:, 1] <= lip_line + 0.01 * unit] = 0.0
+    weights[LIPS_UPPER_INNER + LIPS_UPPER_OUTER] = 0.0
+    along = np.sin(np.linspace(0.0, np.pi, len(LIPS_LOWER_INNER))) ** 0.5  # lens-shaped
+    weights[LIPS_LOWER_INNER] = along
+    weights[LIPS_LOWER_OUTER] = np.maximum(along, 0.3)
+    weights[[LIPS_LOWER_OUTER[0], LIPS_LOWER_OUTER[-1]]] = 0.0  # the corners stay
+    return weights
+
+
+# ---------------------------------------------------------------- the generator
+
+
+class MeshGenerator:
+    """Renders the avatar with the driver's motion (see the module docstring)."""
+
+    def __init__(
+        self, config: MeshGeneratorConfig, avatar: PreparedAvatar, width: int, height: int
+    ):
+        self.config, self.avatar = config, avatar
+        self.width, self.height = width, height
+        img_h, img_w = avatar.image.shape[:2]
+        self.mesh: AvatarMesh = build_mesh(avatar.points, img_w, img_h)
+        self.framing = frame_avatar(avatar.points, (img_w, img_h), width, height)
+        self.rest = self.framing.apply(self.mesh.vertices)  # output pixels, with depth
+        self.unit = eye_distance(self.rest[: len(avatar.points)])
+        self.source = self.mesh.vertices[:, :2].astype(np.float64)
+        self.bgra = np.dstack([avatar.image, avatar.person])
+        self.background = build_background(config, avatar, self.framing, width, height)
+        person = cv2.warpAffine(
+            self.bgra,
+            self.framing.matrix(),
+            (width, height),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+        )
+        self.still = _blend(self.background, person[:, :, :3], person[:, :, 3])
+        self.still.setflags(write=False)
+        self.eyeballs = [
+            build_eyeball(avatar.image, avatar.points, up, low, iris) for up, low, _, iris in EYES
+        ]
+        self.mouth_colours = MouthColours.sample(avatar.image, avatar.points)
+        self.lids = [LidState(), LidState()]
+        self.pivot = self.rest[RIGID].mean(0) + np.array([0.0, 0.0, PIVOT_DEPTH * self.unit])
+        self.moving = self.mesh.triangles[self.mesh.rigidity[self.mesh.triangles].max(1) > 0]
+        self.face_triangles = self.mesh.triangles[(self.mesh.triangles < N_FACE).all(1)]
+        self.rest_sign = np.sign(signed_areas(self.face_triangles, self.rest[:, :2]))
+        self.jaw = jaw_weights(self.rest[:N_FACE], self.unit)
+        self.last_dest = self.rest
+
+    # ------------------------------------------------------------ geometry
+
+    def deform(self, motion: Motion) -> np.ndarray:
+        """Vertex positions (output pixels, with depth) for this motion."""
+        face = self.rest.copy()
+        if motion.expression is not None:
+            offsets = motion.expression[:N_FACE].astype(np.float64) * self.unit
+            offsets[LID_DRIVEN] = 0.0  # the lids follow the blink signal, not the shape
+            offsets[:, 1] *= 1.0 - self.jaw  # and the jaw the mouth-opening signal
+            face[:N_FACE] += self._unfolded(offsets)
+        self._open_mouth(face, motion.mouth_open)
+        self._close_lids(face, motion.eye_open)
+        self._keep_lips_apart(face)
+        rotation = angles_to_rotation(motion.yaw, motion.pitch, motion.roll)
+        shift = np.array([*motion.shift, 0.0]) * self.unit
+        head = (face - self.pivot) @ rotation.T * motion.scale + self.pivot + shift
+        rigid = self.mesh.rigidity[:, None]
+        return self.rest + rigid * (head - self.rest) + (1.0 - rigid) * (face - self.rest)
+
+    def _unfolded(self, offsets: np.ndarray) -> np.ndarray:
+        """Expression offsets reduced where they would flip a face triangle over."""
+        for _ in range(8):
+            moved = self.rest[:, :2].copy()
+            moved[:N_FACE] += offsets[:, :2]
+            flipped = np.sign(signed_areas(self.face_triangles, moved)) != self.rest_sign
+            if not flipped.any():
+                return offsets
+            offsets[np.unique(self.face_triangles[flipped])] *= 0.5
+        moved = self.rest[:, :2].copy()
+        moved[:N_FACE] += offsets[:, :2]
+        flipped = np.sign(signed_areas(self.face_triangles, moved)) != self.rest_sign
+        offsets[np.unique(self.face_triangles[flipped])] = 0.0
+        return offsets
+
+    def _open_mouth(self, face: np.ndarray, mouth_open: float) -> None:
+        """Drop the jaw by the measured opening: the driver's opening, in the avatar's own
+        proportions, whatever the driver's face shape or its neutral's mouth."""
+        drop = max(0.0, mouth_open) * self.unit
+        face[:N_FACE, 1] += drop * self.jaw
+        face[LIPS_UPPER_INNER[1:-1], 1] -= 0.1 * drop
+
+    def _close_lids(self, face: np.ndarray, eye_open: tuple[float, float]) -> None:
+        for lid, (upper, lower, crease, _), brow, opening in zip(
+            self.lids, EYES, BROW_RINGS, eye_open, strict=True
+        ):
+            closure = lid.closure(opening)
+            if closure <= 0.0:
+                continue
+            top, bottom = face[upper], face[lower]
+            travel = closure * LID_OVERSHOOT * (bottom - top)
+            face[upper[1:-1]] += travel[1:-1]
+            face[crease[1:-1]] += CREASE_TRAVEL * travel[1:-1]
+            face[brow] += BROW_RING_TRAVEL * travel[1:-1].mean(0)
+
+    def _keep_lips_apart(self, face: np.ndarray) -> None:
+        upper, lower = face[LIPS_UPPER_INNER[1:-1]], face[LIPS_LOWER_INNER[1:-1]]
+        crossed = lower[:, 1] < upper[:, 1]
+        if crossed.any():
+            middle = (upper[crossed] + lower[crossed]) / 2
+            face[np.array(LIPS_UPPER_INNER[1:-1])[crossed]] = middle
+            face[np.array(LIPS_LOWER_INNER[1:-1])[crossed]] = middle
+
+    def roi(self, dest: np.ndarray) -> Roi:
+        used = np.unique(self.moving)
+        points = np.vstack([dest[used, :2], self.rest[used, :2]])
+        return Roi.around(points, 2.0, self.width, self.height)
+
+    # ------------------------------------------------------------ rendering
+
+    def render(self, motion: Motion) -> np.ndarray:
+        dest = self.deform(motion)
+        self.last_dest = dest
+        roi = self.roi(dest)
+        map_x, map_y, _ = warp_maps(
+            self.mesh.triangles,
+            dest[:, :2],
+            self.source,
+            roi,
+            depth=dest[:, 2],
+            scale=self.config.map_scale,
+        )
+        person = cv2.remap(
+            self.bgra, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
+        offset = np.array([roi.x0, roi.y0], np.float64)
+        for eyeball, (upper, lower, _, _) in zip(self.eyeballs, EYES, strict=True):
+            self._paint_eye(
+                person,
+                eyeball,
+                dest[upper, :2] - offset,
+                dest[lower, :2] - offset,
+                dest,
+                offset,
+                motion.gaze,
+            )
+        if not self.mesh.mouth_open_at_rest:
+            paint_mouth(
+                person,
+                dest[LIPS_UPPER_INNER, :2] - offset,
+                dest[LIPS_LOWER_INNER, :2] - offset,
+                self.mouth_colours,
+                self.unit * motion.scale,
+            )
+        frame = self.still.copy()
+        frame[roi.slices] = _blend(self.background[roi.slices], person[:, :, :3], person[:, :, 3])
+        return frame
+
+    def _paint_eye(
+        self,
+        person: np.ndarray,
+        eyeball: Eyeball,
+        upper: np.ndarray,
+        lower: np.ndarray,
+        dest: np.ndarray,
+        offset: np.ndarray,
+        gaze: tuple[float, float],
+    ) -> None:
+        polygon = np.vstack([upper, lower[-2:0:-1]])
+        (x0, y0) = np.floor(polygon.min(0)).astype(int) - 1
+        (x1, y1) = np.ceil(polygon.max(0)).astype(int) + 2
+        x0, y0 = max(x0, 0), max(y0, 0)
+        x1, y1 = min(x1, person.shape[1]), min(y1, person.shape[0])
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            return
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(
+            mask, [np.round((polygon - (x0, y0)) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4
+        )
+        if not mask.any():
+            return
+        outer, inner = eyeball.corners
+        to_box = _similarity(
+            (self.source[outer], self.source[inner]),
+            (dest[outer, :2] - offset - (x0, y0), dest[inner, :2] - offset - (x0, y0)),
+        )
+        size = (x1 - x0, y1 - y0)
+        patch_to_box = to_box.copy()
+        patch_to_box[:, 2] += to_box[:, :2] @ eyeball.origin
+        eye = cv2.warpAffine(
+            eyeball.sclera,
+            patch_to_box,
+            size,
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        shift = np.clip(
+            np.array(gaze) * eyeball.width,
+            (-0.22 * eyeball.width, -0.1 * eyeball.width),
+            (0.22 * eyeball.width, 0.1 * eyeball.width),
+        )
+        half = (eyeball.iris.shape[1] - 1) / 2
+        iris_to_box = to_box.copy()
+        iris_to_box[:, 2] += to_box[:, :2] @ (eyeball.iris_center + shift - half)
+        iris = cv2.warpAffine(
+            eyeball.iris, iris_to_box, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
+        eye = _blend(eye, iris[:, :, :3], iris[:, :, 3])
+        _paint_over(person[y0:y1, x0:x1], eye, mask)
