@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from daemon.config import Config, find_config_path, load_config, validate_config
-from daemon.errors import ConfigError, DaemonNotRunning, TalkingHeadCamError
+from daemon.errors import AvatarError, ConfigError, DaemonNotRunning, TalkingHeadCamError
 from daemon.native_stderr import filter_native_stderr
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate(_override(_load(args.config), args), args.driver)
     print(json.dumps(result.as_dict()) if args.json else result.format_table())
+    return 0
+
+
+def cmd_avatar_prepare(args: argparse.Namespace) -> int:
+    """Prepare an avatar (landmarks, person mask, background plate) and draw what was found."""
+    import cv2
+
+    from daemon.avatar_prep import overlay, prepare_avatar
+    from daemon.mesh import build_mesh
+
+    prepared = prepare_avatar(args.image)
+    height, width = prepared.image.shape[:2]
+    mesh = build_mesh(prepared.points, width, height)
+    out = Path(args.out) if args.out else Path(args.image).with_suffix(".prepared.png")
+    if not cv2.imwrite(str(out), overlay(prepared, mesh.triangles, mesh.vertices)):
+        raise AvatarError(f"cannot write {out}; choose another --out")
+    person = float((prepared.person > 127).mean())
+    print(
+        f"{args.image}: {width}x{height}, face {prepared.found_by}, person {person:.0%} of the "
+        f"image, mesh {len(mesh.vertices)} vertices / {len(mesh.triangles)} triangles, mouth "
+        f"{'open' if mesh.mouth_open_at_rest else 'closed'} at rest; overlay: {out}"
+    )
     return 0
 
 
@@ -186,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--avatar", help="avatar image (default: the embedded one)")
     _size_args(demo)
     demo.set_defaults(func=cmd_demo)
+
+    avatar = sub.add_parser("avatar", help="avatar images").add_subparsers(
+        dest="avatar_command", required=True
+    )
+    prepare = avatar.add_parser(
+        "prepare",
+        help="find the face, the person and the background "
+        "of an image, and write an overlay PNG of what was found",
+    )
+    prepare.add_argument("image", help="the avatar image")
+    prepare.add_argument("--out", help="overlay PNG (default: IMAGE.prepared.png)")
+    prepare.set_defaults(func=cmd_avatar_prepare)
 
     sub.add_parser(
         "calibrate", help="tell the running daemon to take your current face as the neutral"
