@@ -25,6 +25,8 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Per-stage latency, loop fps and CPU use (default and 1 OpenCV thread), the daemon paced at
+# the output rate, our warp vs scikit-image's; about 30 s. Options: talking-head-cam bench --help
 bench: install
 	$(BIN)/talking-head-cam --config config.yaml bench
 

@@ -196,9 +196,12 @@ def fit_template(keypoints: np.ndarray, template: np.ndarray | None = None) -> n
     key points onto them, applied to the whole template (depth scaled alike)."""
     template = template_points() if template is None else template
     src = template[list(KEYPOINT_INDICES), :2].astype(np.float64)
-    matrix, _ = cv2.estimateAffine2D(src, keypoints.astype(np.float64), method=cv2.LMEDS)
-    if matrix is None:
+    design = np.c_[src, np.ones(len(src))]
+    solution, _, rank, _ = np.linalg.lstsq(design, keypoints.astype(np.float64), rcond=None)
+    det = float(np.linalg.det(solution[:2].T)) if rank == 3 else 0.0
+    if abs(det) < 1e-6:
         raise AvatarError("the 5 key points are degenerate (on one line?)")
+    matrix = solution.T  # 2x3, least squares over all five points
     xy = template[:, :2] @ matrix[:, :2].T + matrix[:, 2]
     depth_scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     return np.hstack([xy, template[:, 2:] * depth_scale]).astype(np.float32)

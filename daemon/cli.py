@@ -136,7 +136,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from daemon.bench import run_bench
 
     config = _load(args.config)
-    print(run_bench(config, args.frames).report(config))
+    result = run_bench(
+        config,
+        args.frames,
+        paced_s=args.paced_s,
+        warp_runs=args.warp_runs,
+        skimage_runs=args.skimage_runs,
+    )
+    print(result.report(config))
     return 0
 
 
@@ -229,8 +236,38 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--sysfs", help=argparse.SUPPRESS)  # a fake sysfs tree, for tests
     doctor.set_defaults(func=cmd_doctor)
 
-    bench = sub.add_parser("bench", help="per-stage latency and loop fps of the pipeline")
-    bench.add_argument("--frames", type=int, default=300)
+    bench = sub.add_parser(
+        "bench",
+        help="per-stage latency, loop fps and CPU use of the pipeline; our warp vs scikit-image's",
+    )
+    bench.add_argument(
+        "--frames",
+        type=int,
+        default=300,
+        help="driver frames per unpaced run (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--paced-s",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds of the daemon paced at the output rate, per thread setting "
+        "(0: skip; default: %(default)s)",
+    )
+    bench.add_argument(
+        "--warp-runs",
+        type=int,
+        default=200,
+        metavar="N",
+        help="timed runs of our warp (0: skip the warp comparison; default: %(default)s)",
+    )
+    bench.add_argument(
+        "--skimage-runs",
+        type=int,
+        default=3,
+        metavar="N",
+        help="timed runs of scikit-image's warp, ~1 s each (0: skip; default: %(default)s)",
+    )
     bench.set_defaults(func=cmd_bench)
 
     doc = sub.add_parser(

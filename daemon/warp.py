@@ -127,11 +127,24 @@ def warp_maps(
     map_y += a11 * ys
     map_y += a12
     if scale > 1:
-        size = (roi.width, roi.height)
-        map_x = cv2.resize(map_x, size, interpolation=cv2.INTER_LINEAR)
-        map_y = cv2.resize(map_y, size, interpolation=cv2.INTER_LINEAR)
-        covered = cv2.resize(covered.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        map_x = _upsample(map_x, scale, roi, linear=True)
+        map_y = _upsample(map_y, scale, roi, linear=True)
+        covered = _upsample(covered.astype(np.uint8), scale, roi, linear=False) > 0
     return map_x, map_y, covered
+
+
+def _upsample(small: np.ndarray, scale: int, roi: Roi, linear: bool) -> np.ndarray:
+    """Scale a 1/scale map up by exactly `scale` (sample i sits at pixel i·scale + (scale −
+    1)/2), whatever the ROI's size: pad one extrapolated sample each side, resize by the
+    integer factor, crop the ROI. Resizing to the ROI's own size would stretch the map."""
+    if linear:
+        padded = np.pad(small, 1, mode="reflect", reflect_type="odd")
+        method = cv2.INTER_LINEAR
+    else:
+        padded = np.pad(small, 1, mode="edge")
+        method = cv2.INTER_NEAREST
+    big = cv2.resize(padded, None, fx=scale, fy=scale, interpolation=method)
+    return big[scale : scale + roi.height, scale : scale + roi.width]
 
 
 def warp_image(

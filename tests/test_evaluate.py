@@ -40,6 +40,7 @@ JSON_KEYS = {
     "frames",
     "pipeline",
     "baseline",
+    "background",
 }
 
 
@@ -154,6 +155,8 @@ def test_eval_cli_json_has_the_documented_keys(hopper_clip):
     assert set(data) == JSON_KEYS
     assert (data["width"], data["height"], data["fps"]) == (256, 256, 25)
     assert data["frames"] == {"driver": 30, "driver_tracked": 30, "output": 30, "still": 30}
+    change, noise = data["background"]["change"], data["background"]["codec_noise"]
+    assert 0.0 <= change < noise  # the background outside the head stays still
     for side in ("pipeline", "baseline"):
         assert set(data[side]) == set(METRIC_NAMES)
         assert data[side]["tracked"] == 1.0

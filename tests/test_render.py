@@ -129,14 +129,53 @@ def test_demo_needs_no_camera_and_says_where_it_wrote(tmp_path):
 def test_bench_prints_per_stage_latency_and_loop_fps(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("output: {width: 320, height: 240}\n")
-    result = cli("--config", str(config), "bench", "--frames", "20")
+    result = cli(
+        "--config",
+        str(config),
+        "bench",
+        "--frames",
+        "10",
+        "--paced-s",
+        "0.3",
+        "--warp-runs",
+        "2",
+        "--skimage-runs",
+        "0",
+    )
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0] == "pipeline at 320x240, 20 frames, unpaced"
-    stages = {line.split()[0] for line in lines[2:-1]}
-    assert {"capture_decode", "generator", "sink:file"} <= stages
-    assert lines[-1].startswith("loop fps (unpaced, whole pipeline): ")
-    assert float(lines[-1].rsplit(" ", 1)[1]) > 0
+    header, *unpaced, paced, warp, targets = result.stdout.strip().split("\n\n")
+    assert header.startswith("Talking Head Cam bench: output 320x240 @ 30 fps, driver 1280x720")
+
+    assert len(unpaced) == 2 and unpaced[1].splitlines()[0].endswith("OpenCV threads: 1")
+    for run in unpaced:
+        lines = run.splitlines()
+        assert lines[0].startswith("pipeline at 320x240, 10 frames, unpaced, OpenCV threads: ")
+        stages = {line.split()[0] for line in lines[2:-2]}
+        assert {"capture_decode", "landmarks", "motion", "generator", "sink:file"} <= stages
+        assert lines[-2].startswith("loop fps (unpaced, whole pipeline): ")
+        assert float(lines[-2].split()[5]) > 0
+        assert "→ I420 for the virtual camera" in lines[-2]
+        assert lines[-1].startswith("CPU cores busy: ")
+        assert float(lines[-1].rsplit(" ", 1)[1]) > 0
+
+    lines = paced.splitlines()
+    assert lines[0].startswith("daemon paced at 30 fps, 320x240, 0.3 s per setting")
+    rows = [line.rsplit(maxsplit=3) for line in lines[2:]]
+    assert len(rows) == 2 and rows[1][0] == "1"
+    assert all(float(fps) > 0 and float(cpu) > 0 for _, fps, cpu, _ in rows)
+
+    lines = warp.splitlines()
+    assert lines[0].startswith("warp: ours (daemon.warp.warp_image) vs scikit-image")
+    assert [line.split(",")[0] for line in lines[3:-1]] == ["ours"] * 2
+    assert lines[-1] == "scikit-image: skipped (--skimage-runs 0)"
+
+    names = [line.split(":")[0] for line in targets.splitlines()]
+    assert names == [
+        "targets",
+        "generator median <= 8 ms at 320x240",
+        "whole pipeline >= 60 fps with <= 1 core busy",
+        "daemon CPU at 240p30",
+    ]
 
 
 def test_render_neutral_frame_option(tmp_path, face_image):

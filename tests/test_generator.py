@@ -1,0 +1,596 @@
+"""The mesh generator on real images: the warp is exact, an affine motion moves the image as
+predicted, extreme expressions fold no triangle, a drawn cartoon works through its sidecar,
+mouth and eyes read right to a tracker, and the running daemon swaps avatars without a gap."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import SHARED_DATA, mean_abs_diff, read_video, write_video
+
+from daemon.avatar_prep import (
+    KEYPOINT_INDICES,
+    KEYPOINT_NAMES,
+    PreparedAvatar,
+    detect_avatar_landmarks,
+    fit_template,
+    load_sidecar,
+    prepare_avatar,
+    template_points,
+)
+from daemon.config import MediaPipeTrackingConfig, MeshGeneratorConfig
+from daemon.errors import AvatarError
+from daemon.facegeom import eye_openness, mouth_opening
+from daemon.landmarks import MediaPipeLandmarks
+from daemon.mesh import LIPS_LOWER_OUTER, LIPS_UPPER_OUTER, N_FACE, build_mesh
+from daemon.mesh_generator import EYES, MeshGenerator
+from daemon.motion import Motion
+from daemon.warp import Roi, signed_areas, warp_image, warp_maps
+
+SIZE = (320, 240)
+TRACK_SIZE = (640, 480)  # large enough for FaceMesh to measure lids and lips reliably
+DEV_PHOTO = SHARED_DATA / "avatars" / "photo_older_man.png"  # not conftest's camera face
+WATCHDOG = {"WATCHDOG_USEC": "3000000"}  # pings every second while frames flow
+
+# ---------------------------------------------------------------- shared avatars
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One avatar cache for the module (never the user's)."""
+    return tmp_path_factory.mktemp("avatar-cache")
+
+
+@pytest.fixture(scope="module")
+def hopper(cache) -> PreparedAvatar:
+    return prepare_avatar("default", cache)
+
+
+@pytest.fixture(scope="module")
+def dev_photo(cache) -> PreparedAvatar | None:
+    return prepare_avatar(str(DEV_PHOTO), cache) if DEV_PHOTO.is_file() else None
+
+
+def generator(avatar: PreparedAvatar, size=SIZE, map_scale: int = 2) -> MeshGenerator:
+    """A fresh generator (its lids keep state between frames)."""
+    return MeshGenerator(MeshGeneratorConfig(map_scale=map_scale), avatar, *size)
+
+
+def polygon_mask(shape, *polygons: np.ndarray, grow_px: int = 0) -> np.ndarray:
+    mask = np.zeros(shape[:2], np.uint8)
+    for polygon in polygons:
+        cv2.fillPoly(mask, [np.round(polygon[:, :2]).astype(np.int32)], 255)
+    if grow_px:
+        mask = cv2.dilate(mask, np.ones((2 * grow_px + 1,) * 2, np.uint8))
+    return mask > 0
+
+
+def hull_mask(shape, *point_sets: np.ndarray) -> np.ndarray:
+    """The convex hull of all the points (output pixels)."""
+    hull = cv2.convexHull(np.vstack([p[:, :2] for p in point_sets]).astype(np.float32))
+    return polygon_mask(shape, hull.reshape(-1, 2))
+
+
+def eye_mask(gen: MeshGenerator, grow_px: int) -> np.ndarray:
+    """Both eye openings of the generator's rest pose (output pixels)."""
+    openings = [np.vstack([gen.rest[up], gen.rest[low[-2:0:-1]]]) for up, low, _, _ in EYES]
+    return polygon_mask(gen.still.shape, *openings, grow_px=grow_px)
+
+
+def mouth_mask(gen: MeshGenerator, grow_px: int) -> np.ndarray:
+    outer = np.vstack([gen.rest[LIPS_UPPER_OUTER], gen.rest[LIPS_LOWER_OUTER[-2:0:-1]]])
+    return polygon_mask(gen.still.shape, outer, grow_px=grow_px)
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pixel, the largest channel difference."""
+    return np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=-1)
+
+
+# ---------------------------------------------------------------- 1. the warp is exact
+
+
+@pytest.mark.parametrize("part", ["whole-image", "odd-sub-roi"])
+def test_identity_warp_returns_the_image_pixel_for_pixel(hopper, part):
+    height, width = hopper.image.shape[:2]
+    roi = Roi(0, 0, width, height) if part == "whole-image" else Roi(37, 51, width - 100, 480)
+    mesh = build_mesh(hopper.points, width, height)
+    source = mesh.vertices[:, :2]
+    warped, covered = warp_image(
+        hopper.image, mesh.triangles, source, source.copy(), roi, depth=mesh.vertices[:, 2]
+    )
+    assert warped.shape == (roi.height, roi.width, 3) and covered.shape == warped.shape[:2]
+    assert covered.mean() > 0.99  # the mesh reaches the image's border
+    diff = max_abs_diff(warped, hopper.image[roi.slices])
+    assert diff[covered].max() == 0
+
+
+@pytest.mark.parametrize("avatar", ["hopper", "dev_photo"])
+def test_rest_render_equals_the_still_composite_map_scale_1(request, avatar):
+    """With no motion the warped person lands where the still composite has it: equal within
+    rounding everywhere but the eye openings, which show the rebuilt eyeballs."""
+    prepared = request.getfixturevalue(avatar)
+    if prepared is None:
+        pytest.skip(f"dev data not present: {DEV_PHOTO}")
+    for size in (SIZE, (333, 251)):  # an odd output size too
+        gen = generator(prepared, size, map_scale=1)
+        frame = gen.render(Motion())
+        assert frame.shape == (size[1], size[0], 3) and frame.dtype == np.uint8
+        diff = max_abs_diff(frame, gen.still)
+        eyes = eye_mask(gen, grow_px=2)
+        assert diff.mean() < 0.1, f"{size}: mean {diff.mean():.3f}"  # seen ≤ 0.05
+        assert diff[~eyes].max() <= 4, f"{size}: outside the eyes max {diff[~eyes].max()}"
+        # The rebuilt eyeballs (inpainted white, iris with a soft edge): seen 6.5 on Hopper.
+        assert diff[eyes].mean() < 10, f"{size}: eyes mean {diff[eyes].mean():.2f}"
+
+
+@pytest.mark.parametrize("size", [SIZE, (333, 251)], ids=["even-roi", "odd-roi"])
+def test_rest_render_equals_the_still_composite_map_scale_2(hopper, size):
+    """The default map_scale: the same as with 1, within rounding."""
+    gen = generator(hopper, size, map_scale=2)
+    diff = max_abs_diff(gen.render(Motion()), gen.still)
+    outside_eyes = diff[~eye_mask(gen, grow_px=2)]
+    assert diff.mean() < 0.1 and outside_eyes.max() <= 4, (
+        f"ROI {gen.roi(gen.rest)}: mean {diff.mean():.3f}, outside the eyes max "
+        f"{outside_eyes.max()}, {(outside_eyes > 4).sum()} pixels off by more than 4"
+    )
+
+
+# ---------------------------------------------------------------- 2. affine motion
+
+
+def checkerboard(width: int, height: int, square: int = 16) -> np.ndarray:
+    ys, xs = np.mgrid[:height, :width]
+    cells = ((xs // square + ys // square) % 2 * 200 + 30).astype(np.uint8)
+    return cv2.merge([cells, 255 - cells, np.full_like(cells, 128)])
+
+
+def whole_mesh_affine(hopper: PreparedAvatar) -> tuple[np.ndarray, ...]:
+    """(triangles, source, dest, affine): the avatar's mesh, moved by rotation 12°, scale 0.85 and a
+    sub-pixel shift as a whole, and that affine (2x3, source → dest)."""
+    height, width = hopper.image.shape[:2]
+    mesh = build_mesh(hopper.points, width, height)
+    affine = cv2.getRotationMatrix2D((width / 2, height / 2), 12.0, 0.85)
+    affine[:, 2] += (7.3, -4.6)
+    source = mesh.vertices[:, :2]
+    return mesh.triangles, source, source @ affine[:, :2].T + affine[:, 2], affine
+
+
+@pytest.mark.parametrize("pattern", ["checkerboard", "face"])
+@pytest.mark.parametrize("scale", [1, 2])
+def test_affine_motion_of_the_whole_mesh_moves_the_image_like_warp_affine(hopper, pattern, scale):
+    height, width = hopper.image.shape[:2]
+    image = checkerboard(width, height) if pattern == "checkerboard" else hopper.image
+    triangles, source, dest, affine = whole_mesh_affine(hopper)
+    roi = Roi(0, 0, width, height)  # even sides (odd ones: test_maps_at_scale_2_equal_...)
+    warped, covered = warp_image(image, triangles, dest, source, roi, scale=scale)
+    expected = cv2.warpAffine(image, affine, (width, height), flags=cv2.INTER_LINEAR)
+    interior = cv2.erode(
+        covered.astype(np.uint8),
+        np.ones((7, 7), np.uint8),
+        borderType=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    ).astype(bool)  # 3 px in from the mesh's outline and the ROI's edges
+    assert interior.mean() > 0.6
+    diff = max_abs_diff(warped, expected)[interior]
+    # Both sample bilinearly at 1/32 px: equal but for fixed-point rounding.
+    assert diff.mean() < 0.01, diff.mean()  # seen 0.0003, max 1
+    assert diff.max() <= 2, diff.max()
+
+
+@pytest.mark.parametrize(
+    "roi", [Roi(0, 0, 512, 600), Roi(0, 0, 511, 599), Roi(31, 17, 472, 567)], ids=str
+)
+def test_maps_at_scale_2_equal_the_maps_at_scale_1(hopper, roi):
+    """The maps are affine per triangle, so computing them at half resolution and
+    interpolating loses nothing, whatever the ROI; all triangles share one affine here."""
+    triangles, source, dest, _ = whole_mesh_affine(hopper)
+    x1, y1, covered1 = warp_maps(triangles, dest, source, roi, scale=1)
+    x2, y2, covered2 = warp_maps(triangles, dest, source, roi, scale=2)
+    both = covered1 & covered2
+    error = np.maximum(np.abs(x2 - x1), np.abs(y2 - y1))[both]
+    assert error.max() < 0.01, f"maps up to {error.max():.2f} px off, mean {error.mean():.3f}"
+
+
+# ---------------------------------------------------------------- 3. no folded triangles
+
+
+def noise(sigma: float, seed: int = 0) -> np.ndarray:
+    """Expression offsets: normal noise of `sigma` eye distances per vertex."""
+    return np.random.default_rng(seed).normal(0.0, sigma, (478, 3)).astype(np.float32)
+
+
+SAFE_MOTIONS = {
+    "rest": Motion(),
+    "eyes-wide": Motion(eye_open=(2.0, 2.0)),
+    "in-plane-pose": Motion(roll=15.0, scale=1.3, shift=(0.4, -0.2)),  # similarity: no flips
+    "small-expression": Motion(expression=noise(0.005)),
+}
+EXTREME_MOTIONS = {
+    "mouth-talking": Motion(mouth_open=0.1),
+    "mouth-wide": Motion(mouth_open=1.0),
+    "eyes-shut": Motion(eye_open=(0.0, 0.0)),
+    "one-eye-shut": Motion(eye_open=(0.0, 2.0)),
+    "random-expression": Motion(expression=noise(0.3)),
+    "everything": Motion(expression=noise(0.3, seed=1), mouth_open=1.0, eye_open=(0.0, 0.0)),
+}
+
+
+def flipped_face_triangles(gen: MeshGenerator, motion: Motion) -> int:
+    """Face triangles facing the other way than at rest, after deform() (rotation-free, so
+    the 2D positions are the deformed mesh's own)."""
+    assert (motion.yaw, motion.pitch) == (0.0, 0.0)
+    dest = gen.deform(motion)
+    signs = np.sign(signed_areas(gen.face_triangles, dest[:, :2]))
+    return int((signs != gen.rest_sign).sum())
+
+
+def avatars_for(hopper, dev_photo) -> dict[str, PreparedAvatar]:
+    return {"default": hopper} | ({DEV_PHOTO.name: dev_photo} if dev_photo is not None else {})
+
+
+@pytest.mark.parametrize("name", list(SAFE_MOTIONS) + list(EXTREME_MOTIONS))
+def test_every_motion_renders_a_frame(hopper, dev_photo, name):
+    motion = (SAFE_MOTIONS | EXTREME_MOTIONS)[name]
+    for avatar in avatars_for(hopper, dev_photo).values():
+        gen = generator(avatar)
+        frame = gen.render(motion)
+        assert frame.shape == (SIZE[1], SIZE[0], 3) and frame.dtype == np.uint8
+        assert np.isfinite(gen.last_dest).all()
+        if name != "rest":
+            assert mean_abs_diff(frame, gen.still) > 0.05, "the motion changed nothing"
+
+
+@pytest.mark.parametrize("name", list(SAFE_MOTIONS))
+def test_no_face_triangle_flips_on_safe_motions(hopper, dev_photo, name):
+    for label, avatar in avatars_for(hopper, dev_photo).items():
+        assert flipped_face_triangles(generator(avatar), SAFE_MOTIONS[name]) == 0, label
+
+
+@pytest.mark.parametrize("name", list(EXTREME_MOTIONS))
+def test_no_face_triangle_flips_on_extreme_motions(hopper, dev_photo, name):
+    flips = {
+        label: flipped_face_triangles(generator(avatar), EXTREME_MOTIONS[name])
+        for label, avatar in avatars_for(hopper, dev_photo).items()
+    }
+    assert not any(flips.values()), f"flipped face triangles: {flips}"
+
+
+# ---------------------------------------------------------------- 4. cartoon sidecar
+
+
+@pytest.fixture(scope="module")
+def template() -> np.ndarray:
+    return template_points()
+
+
+@pytest.fixture(scope="module")
+def cartoon_keypoints(template) -> np.ndarray:
+    """Key points in a human face's proportions (the template's, scaled up and rounded),
+    so any correct fit puts them back within rounding."""
+    keypoints = template[list(KEYPOINT_INDICES), :2].astype(np.float64)
+    return np.round((keypoints - keypoints.mean(0)) * 2.0 + (240, 250))
+
+
+def draw_cartoon(keypoints: np.ndarray, size: int = 480) -> np.ndarray:
+    """A flat-coloured smiley: round head, two filled eyes, a straight mouth, no nose."""
+    image = np.full((size, size, 3), (120, 60, 20), np.uint8)
+    right_eye, left_eye, _, mouth_right, mouth_left = np.round(keypoints).astype(int)
+    center = (
+        int(keypoints[:, 0].mean()),
+        int((keypoints[:2, 1].mean() + keypoints[3:, 1].mean()) / 2),
+    )
+    radius = int(0.95 * np.ptp(keypoints[:, 0]))
+    cv2.circle(image, center, radius, (60, 200, 255), -1, cv2.LINE_AA)
+    for eye in (right_eye, left_eye):
+        cv2.circle(image, tuple(eye), 30, (30, 30, 30), -1, cv2.LINE_AA)
+    cv2.line(image, tuple(mouth_right), tuple(mouth_left), (30, 30, 30), 8, cv2.LINE_AA)
+    return image
+
+
+@pytest.fixture(scope="module")
+def cartoon(cartoon_keypoints) -> np.ndarray:
+    image = draw_cartoon(cartoon_keypoints)
+    assert detect_avatar_landmarks(image) is None, "FaceMesh must find no face in the cartoon"
+    return image
+
+
+def write_cartoon(folder: Path, image: np.ndarray, sidecar: object | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "smiley.png"
+    assert cv2.imwrite(str(path), image)
+    if sidecar is not None:
+        text = sidecar if isinstance(sidecar, str) else json.dumps(sidecar)
+        (folder / "smiley.png.landmarks.json").write_text(text)
+    return path
+
+
+def points_sidecar(keypoints: np.ndarray) -> dict:
+    return {"points": keypoints.tolist()}
+
+
+def named_sidecar(keypoints: np.ndarray) -> dict:
+    return {name: point for name, point in zip(KEYPOINT_NAMES, keypoints.tolist(), strict=True)}
+
+
+@pytest.fixture
+def cache_env(tmp_path, monkeypatch) -> Path:
+    cache_home = tmp_path / "xdg-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    return cache_home / "talking-head-cam" / "avatars"
+
+
+@pytest.fixture(scope="module")
+def cartoon_avatar(tmp_path_factory, cartoon, cartoon_keypoints, cache) -> PreparedAvatar:
+    folder = tmp_path_factory.mktemp("cartoon")
+    return prepare_avatar(
+        str(write_cartoon(folder, cartoon, points_sidecar(cartoon_keypoints))), cache
+    )
+
+
+def test_cartoon_without_a_sidecar_is_refused_naming_the_file_and_the_fix(
+    tmp_path, cartoon, cache_env
+):
+    path = write_cartoon(tmp_path, cartoon)
+    with pytest.raises(AvatarError) as caught:
+        prepare_avatar(str(path))
+    message = str(caught.value)
+    assert str(path) in message and "smiley.png.landmarks.json" in message
+    assert not cache_env.exists() or not any(cache_env.iterdir())  # nothing cached
+
+
+def test_cartoon_sidecar_key_points_fit_the_template_and_are_cached(
+    tmp_path, cartoon, cartoon_keypoints, cache_env
+):
+    path = write_cartoon(tmp_path, cartoon, points_sidecar(cartoon_keypoints))
+    prepared = prepare_avatar(str(path))
+    assert "sidecar" in prepared.found_by and "5 key points" in prepared.found_by
+    assert prepared.points.shape == (478, 3) and prepared.image.shape == cartoon.shape
+    fitted = prepared.points[list(KEYPOINT_INDICES), :2]
+    errors = np.linalg.norm(fitted - cartoon_keypoints, axis=1)
+    assert errors[:2].max() < 2.0, f"eye centres (468, 473) off by {errors[:2]}"  # seen ≤ 1.1
+    assert errors.max() < 2.0, f"key points off by {errors}"
+
+    (cached,) = cache_env.glob("*.npz")
+    with np.load(cached) as data:  # mark the cached copy: the second call must return it
+        arrays = {key: data[key] for key in data.files}
+    np.savez_compressed(cached, **(arrays | {"found_by": "marked in the cache"}))
+    again = prepare_avatar(str(path))
+    assert again.found_by == "marked in the cache"
+    np.testing.assert_array_equal(again.points, prepared.points)
+    np.testing.assert_array_equal(again.person, prepared.person)
+
+    # The named-keys format with the same points: a new cache entry, the same fit.
+    (tmp_path / "smiley.png.landmarks.json").write_text(
+        json.dumps(named_sidecar(cartoon_keypoints))
+    )
+    named = prepare_avatar(str(path))
+    assert "sidecar" in named.found_by
+    assert len(list(cache_env.glob("*.npz"))) == 2
+    np.testing.assert_allclose(named.points, prepared.points, atol=1e-3)
+
+
+def test_named_sidecar_keys_are_the_subjects_right_eye_first(tmp_path, cartoon_keypoints):
+    """right_eye is the subject's right: the image's left."""
+    doc = named_sidecar(cartoon_keypoints)
+    assert doc["right_eye"][0] < doc["left_eye"][0]
+    assert doc["mouth_right"][0] < doc["mouth_left"][0]
+    path = tmp_path / "x.png.landmarks.json"
+    path.write_text(json.dumps(doc))
+    points, how = load_sidecar(path, (480, 480, 3))
+    assert "5 key points" in how
+    assert points[468, 0] < points[473, 0]  # landmark 468 is the subject's right eye
+
+
+@pytest.mark.parametrize(
+    "sidecar, expected",
+    [
+        ({"points": [[200, 200]] * 4}, "got an array of shape (4, 2)"),
+        ({"points": [[200, 200], [300, 200], [250, 260], [210, 330], [10_000, 330]]}, "outside"),
+        ("{not json", "not a landmarks file"),
+        ({"right_eye": [150, 160], "left_eye": [320, 150]}, "not a landmarks file"),
+        ({"points": [[200, "x"]] * 5}, "not a landmarks file"),
+    ],
+    ids=["four-points", "outside-the-image", "not-json", "missing-keys", "not-numbers"],
+)
+def test_bad_sidecar_is_refused_naming_the_file(tmp_path, cartoon, cache_env, sidecar, expected):
+    path = write_cartoon(tmp_path, cartoon, sidecar)
+    with pytest.raises(AvatarError) as caught:
+        prepare_avatar(str(path))
+    message = str(caught.value)
+    assert str(tmp_path / "smiley.png.landmarks.json") in message
+    assert expected in message
+
+
+def test_fit_template_is_the_least_squares_affine_for_cartoon_proportions(template):
+    """A cartoon's eyes are wider apart and its mouth wider than a person's: the fit must
+    spread the misfit over all 5 points, not throw one eye below the mouth."""
+    keypoints = np.array([[145, 180], [335, 180], [240, 270], [120, 360], [360, 360]], float)
+    fitted = fit_template(keypoints, template)[list(KEYPOINT_INDICES), :2]
+    src = np.hstack([template[list(KEYPOINT_INDICES), :2], np.ones((5, 1))])
+    solution, *_ = np.linalg.lstsq(src, keypoints, rcond=None)
+    least_squares = src @ solution  # misfit ~20 px per point for these proportions
+    off = np.linalg.norm(fitted - least_squares, axis=1)
+    assert off.max() < 1.0, f"fitted key points {off.round(1)} px from the least-squares fit"
+
+
+def test_cartoon_animates_its_mouth_and_eyes(cartoon_avatar):
+    """The cartoon's own mouth and eyes move (checked at map_scale 1, the exact one)."""
+    gen = generator(cartoon_avatar, map_scale=1)
+    rest = gen.render(Motion())
+    assert mean_abs_diff(rest, gen.still) < 0.05
+    mouth = mouth_mask(gen, grow_px=round(0.15 * gen.unit))
+    eyes = eye_mask(gen, grow_px=round(0.1 * gen.unit))
+    talking = generator(cartoon_avatar, map_scale=1).render(Motion(mouth_open=0.2))
+    shut = generator(cartoon_avatar, map_scale=1).render(Motion(eye_open=(0.0, 0.0)))
+    mouth_change = max_abs_diff(talking, rest)
+    eye_change = max_abs_diff(shut, rest)
+    assert mouth_change[mouth].mean() > 10, mouth_change[mouth].mean()
+    assert mouth_change[eyes].max() == 0  # the mouth leaves the eyes alone
+    assert eye_change[eyes].mean() > 10, eye_change[eyes].mean()
+    assert eye_change[mouth].max() == 0
+    assert eye_change[~hull_mask(rest.shape, gen.rest[:N_FACE])].max() == 0  # only the face
+    above_the_nose = int(gen.rest[1, 1])  # the jaw drops the chin, nothing above
+    assert mouth_change[:above_the_nose].max() == 0
+
+
+# ---------------------------------------------------------------- 5. avatar swap mid-run
+
+
+def daemon_config(clip: Path, out: Path, avatar: Path | str) -> str:
+    return (
+        f"capture: {{source: {json.dumps(str(clip))}, retry_max_s: 0.5}}\n"
+        f"output: {{width: {SIZE[0]}, height: {SIZE[1]}, fps: 20}}\n"
+        "generator: {type: mesh}\n"
+        f"avatar: {{image: {json.dumps(str(avatar))}}}\n"
+        f"sinks:\n  - {{type: file, path: {json.dumps(str(out))}}}\n"
+    )
+
+
+def wait_for_pings(notify_socket, count: int, after: int) -> int:
+    """Index of the count-th WATCHDOG=1 after `after` (one a second while frames flow)."""
+    for _ in range(count):
+        after = notify_socket.wait_for("WATCHDOG=1", after=after) + 1
+    return after - 1
+
+
+@pytest.fixture
+def swap_avatar(tmp_path, face_image) -> Path:
+    """Another avatar: a dev-data photo, else Grace Hopper mirrored and recoloured."""
+    if DEV_PHOTO.is_file():
+        return DEV_PHOTO
+    path = tmp_path / "other-avatar.png"
+    cv2.imwrite(str(path), cv2.applyColorMap(face_image[:, ::-1], cv2.COLORMAP_OCEAN))
+    return path
+
+
+def test_avatar_swap_mid_run_keeps_the_loop_alive(
+    start_daemon, notify_socket, tmp_path, other_face, swap_avatar, hopper
+):
+    clip = write_video(tmp_path / "camera.mp4", other_face, frames=30, fps=30, size=SIZE)
+    out = tmp_path / "live.mp4"
+    env = {**WATCHDOG, "XDG_CACHE_HOME": str(tmp_path / "xdg-cache")}
+    daemon = start_daemon(daemon_config(clip, out, "default"), env=env)
+    config = tmp_path / "config.yaml"
+    ready = notify_socket.wait_for("READY=1")
+    flowing = wait_for_pings(notify_socket, 2, after=ready)  # a second of the old avatar
+
+    config.write_text(daemon_config(clip, out, swap_avatar))
+    daemon.signal(signal.SIGHUP)
+    reloading = notify_socket.wait_for("RELOADING=1", after=flowing)
+    reloaded = notify_socket.wait_for("READY=1", after=reloading)
+    assert "reload rejected" not in notify_socket.texts()[reloaded]
+    swapped = wait_for_pings(notify_socket, 2, after=reloaded)  # frames still flowing
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    config.write_text(daemon_config(clip, out, broken))
+    daemon.signal(signal.SIGHUP)
+    reloading = notify_socket.wait_for("RELOADING=1", after=swapped)
+    rejected = notify_socket.wait_for("READY=1", after=reloading)
+    assert "reload rejected" in notify_socket.texts()[rejected]
+    wait_for_pings(notify_socket, 2, after=rejected)  # still publishing
+    assert daemon.proc.poll() is None
+    assert daemon.stop() == 0
+
+    log = daemon.log()
+    assert re.search(r"reloaded \S+config\.yaml: avatar", log), log
+    assert "reload rejected: avatar.image:" in log and "broken.png" in log
+    assert "reload rejected: keeping the current config" in log
+
+    frames = read_video(out)[0]
+    assert len(frames) >= 40
+    old = generator(hopper)
+    new = generator(prepare_avatar(str(swap_avatar), tmp_path / "cache"))
+    old_rest, new_rest = old.render(Motion()), new.render(Motion())
+    face = hull_mask(old_rest.shape, old.rest[:N_FACE], new.rest[:N_FACE])
+    for before in frames[:5]:  # seen 5 from the old rest frame, 72 from the new one
+        assert mean_abs_diff(before, old_rest) < 15 < mean_abs_diff(before, new_rest)
+    for after in frames[-5:]:  # the swapped avatar, kept through the rejected reload
+        assert mean_abs_diff(after, new_rest) < 15 < mean_abs_diff(after, old_rest)
+    change = mean_abs_diff(frames[2][face], frames[-2][face])
+    assert change > 20, f"the face region changed by only {change:.1f}"  # seen 65
+
+
+# ---------------------------------------------------------------- 6. avatar prepare
+
+
+def cli(*args: str, cache_home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "XDG_CACHE_HOME": str(cache_home)},
+    )
+
+
+def test_avatar_prepare_writes_the_overlay_and_says_how_the_face_was_found(
+    tmp_path, face_image, cartoon, cartoon_keypoints
+):
+    photo = tmp_path / "hopper.png"
+    cv2.imwrite(str(photo), face_image)
+    out = tmp_path / "hopper-overlay.png"
+    result = cli("avatar", "prepare", str(photo), "--out", str(out), cache_home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    assert "face detected" in line and f"overlay: {out}" in line
+    overlay = cv2.imread(str(out))
+    assert overlay.shape == face_image.shape
+    assert mean_abs_diff(overlay, face_image) > 5  # mesh, landmarks and outline drawn on it
+
+    drawn = write_cartoon(tmp_path / "cartoon", cartoon, points_sidecar(cartoon_keypoints))
+    out = tmp_path / "cartoon-overlay.png"
+    result = cli("avatar", "prepare", str(drawn), "--out", str(out), cache_home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    assert "face sidecar" in line and f"overlay: {out}" in line
+    assert cv2.imread(str(out)).shape == cartoon.shape
+
+
+# ---------------------------------------------------------------- 7. mouth and eyes
+
+
+@pytest.fixture(scope="module")
+def retrack():
+    """The tracker's view of a rendered frame: its 478 points (static-image FaceMesh)."""
+    tracker = MediaPipeLandmarks(MediaPipeTrackingConfig(), static_images=True)
+
+    def points(frame: np.ndarray) -> np.ndarray:
+        found = tracker.detect(frame, 0.0, 0)
+        assert found is not None, "FaceMesh lost the rendered face"
+        return found.points
+
+    yield points
+    tracker.close()
+
+
+def test_open_mouth_is_darker_and_tracks_as_open(hopper, retrack):
+    rest = generator(hopper, TRACK_SIZE).render(Motion())
+    gen = generator(hopper, TRACK_SIZE)
+    talking = gen.render(Motion(mouth_open=0.2))
+    mouth = mouth_mask(gen, grow_px=round(0.1 * gen.unit))
+    gray_rest = cv2.cvtColor(rest, cv2.COLOR_BGR2GRAY)[mouth].mean()
+    gray_open = cv2.cvtColor(talking, cv2.COLOR_BGR2GRAY)[mouth].mean()
+    assert gray_rest - gray_open > 10, (gray_rest, gray_open)  # seen 144 → 121
+    closed, opened = mouth_opening(retrack(rest)), mouth_opening(retrack(talking))
+    assert opened - closed > 0.12, (closed, opened)  # seen 0.013 → 0.253
+
+
+def test_shut_eyes_track_as_shut(hopper, retrack):
+    opened = eye_openness(
+        retrack(generator(hopper, TRACK_SIZE).render(Motion(eye_open=(1.0, 1.0))))
+    )
+    shut = eye_openness(retrack(generator(hopper, TRACK_SIZE).render(Motion(eye_open=(0.0, 0.0)))))
+    # The tracker never reads a shut eye as 0; seen 0.279 → 0.183 (ratio 0.66) on Grace
+    # Hopper (glasses), 0.385 → 0.114 (0.30) on a dev-data photo.
+    assert shut / opened < 0.8, (opened, shut)
