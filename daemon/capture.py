@@ -129,6 +129,10 @@ class VideoFileReader:
         rate = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps: float | None = rate if 0 < rate < 1000 else None
         self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.size = (
+            int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        )
         self.description = (
             f"{int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x"
             f"{int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))} @ {rate:g} fps"

@@ -112,7 +112,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _override(_load(args.config), args)
     out = Path(args.out)
     result = (
-        render_video(config, args.driver, out)
+        render_video(config, args.driver, out, side_by_side=True)
         if args.driver
         else render_demo(config, out, args.seconds)
     )
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="render a demo video; needs no camera, GPU or v4l2loopback")
     demo.add_argument("--out", default="out/demo.mp4", help="output video (default: %(default)s)")
     demo.add_argument("--seconds", type=float, default=8.0, help="length (default: %(default)s)")
-    demo.add_argument("--driver", help="render this driving video instead")
+    demo.add_argument("--driver", help="render this driving video instead, shown side by side")
     demo.add_argument("--avatar", help="avatar image (default: the embedded one)")
     _size_args(demo)
     demo.set_defaults(func=cmd_demo)

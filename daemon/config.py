@@ -107,6 +107,11 @@ class MeshGeneratorConfig(Section):
         "#30343c", pattern=r"^#[0-9a-fA-F]{6}$", description="for background: color (#rrggbb)"
     )
     background_image: str | None = Field(None, description="for background: image, the image file")
+    mouth_interior: Literal["synthetic", "driver"] = Field(
+        "synthetic",
+        description="inside an open mouth: a synthetic interior coloured from the "
+        "avatar, or the driver's own (warped, colour-matched; shows part of your real face)",
+    )
     map_scale: Literal[1, 2] = Field(
         2, description="warp maps at 1/map_scale resolution: 2 is faster, 1 a little sharper"
     )

@@ -711,7 +711,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipped: dev data not found at {data.resolve()}")
         return 0
     from daemon.cli import setup_logging
+    from daemon.native_stderr import filter_native_stderr
 
+    filter_native_stderr()
     setup_logging("warning")
     try:
         config = load_config(find_config_path(args.config))

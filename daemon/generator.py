@@ -13,15 +13,20 @@ import numpy as np
 
 from daemon.avatar import load_avatar
 from daemon.config import Config, MeshGeneratorConfig, StillGeneratorConfig
+from daemon.frames import DriverView
 from daemon.motion import Motion
 
 LETTERBOX_BGR = (0, 0, 0)
 
 
 class Generator(Protocol):
-    """Renders one output frame (BGR uint8, output size) per call."""
+    """Renders one output frame (BGR uint8, output size) per call. `uses_driver_pixels` is
+    True only for a generator configured to show some of the driver's own pixels; only then
+    does the pipeline pass `driver`."""
 
-    def render(self, motion: Motion) -> np.ndarray: ...
+    uses_driver_pixels: bool
+
+    def render(self, motion: Motion, driver: DriverView | None = None) -> np.ndarray: ...
 
 
 def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -45,7 +50,9 @@ class StillGenerator:
         self._frame = letterbox(avatar, width, height)
         self._frame.setflags(write=False)
 
-    def render(self, motion: Motion) -> np.ndarray:
+    uses_driver_pixels = False
+
+    def render(self, motion: Motion, driver: DriverView | None = None) -> np.ndarray:
         return self._frame
 
 

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy import sparse
 
 from daemon.avatar import load_avatar
 from daemon.avatar_prep import PreparedAvatar
 from daemon.config import MeshGeneratorConfig
 from daemon.facegeom import RIGID, angles_to_rotation, eye_distance
+from daemon.frames import DriverView
 from daemon.mesh import (
     LEFT_EYE_BROW_RING,
     LEFT_EYE_CREASE,
@@ -37,7 +39,7 @@ from daemon.mesh import (
     build_mesh,
 )
 from daemon.motion import Motion
-from daemon.warp import Roi, signed_areas, warp_maps
+from daemon.warp import Roi, signed_areas, warp_image, warp_maps
 
 EYES = (  # (upper margin, lower margin, crease, iris landmark): the subject's right, left
     (RIGHT_EYE_UPPER, RIGHT_EYE_LOWER, RIGHT_EYE_CREASE, 468),
@@ -58,6 +60,11 @@ LID_DRIVEN = sorted(
 # edge come down whole, the skin above them stretches (a closed lid, not a squashed eye).
 CREASE_TRAVEL, BROW_RING_TRAVEL = 0.9, 0.35
 LID_OVERSHOOT = 1.2  # a shut lid tucks just past the lower one: no sliver of eye remains
+# Vertices whose place is the signal itself (lid edges, inner lips): a fold is undone by
+# moving their neighbours first.
+KEEP_IN_PLACE = np.array(
+    sorted(set(RIGHT_EYE_UPPER + LEFT_EYE_UPPER + LIPS_UPPER_INNER + LIPS_LOWER_INNER))
+)
 # ... less so towards the corners, where the lids meet anyway (no fold at the corners)
 LID_PROFILE = np.sin(np.linspace(0.0, np.pi, len(RIGHT_EYE_UPPER))) ** 0.3
 FACE_HEIGHT_SHARE = 0.55  # at most this share of the output height is face (chin to brow)
@@ -278,24 +285,43 @@ class MouthColours:
         return cls(cavity=lip * 0.22, teeth=teeth, tongue=lip * 0.62)
 
 
-def paint_mouth(
-    person: np.ndarray, upper: np.ndarray, lower: np.ndarray, colours: MouthColours, unit: float
-) -> None:
+@dataclass(frozen=True, slots=True)
+class MouthLayer:
+    """A mouth interior ready to paint: BGR box, its anti-aliased mask, top-left corner."""
+
+    box: np.ndarray
+    mask: np.ndarray
+    origin: tuple[int, int]
+
+    def paint(self, person: np.ndarray) -> None:
+        x0, y0 = self.origin
+        height, width = self.mask.shape
+        _paint_over(person[y0 : y0 + height, x0 : x0 + width], self.box, self.mask)
+
+
+def synthetic_mouth(
+    shape: tuple[int, ...],
+    upper: np.ndarray,
+    lower: np.ndarray,
+    colours: MouthColours,
+    unit: float,
+) -> MouthLayer | None:
     """A mouth interior inside the current inner-lip contour (ROI pixel coordinates): dark
     cavity, upper teeth under the upper lip, a tongue low at the back, shaded darker towards
-    the corners; it fades in and grows with the opening, coloured from the avatar."""
+    the corners; it fades in and grows with the opening, coloured from the avatar. None
+    while the lips meet."""
     polygon = np.vstack([upper, lower[-2:0:-1]])
     gap = float(np.max(lower[1:-1, 1] - upper[1:-1, 1]))
     if gap < 0.015 * unit:
-        return  # closed: the lips meet
+        return None
     (x0, y0), (x1, y1) = (
         np.floor(polygon.min(0)).astype(int) - 2,
         np.ceil(polygon.max(0)).astype(int) + 3,
     )
     x0, y0 = max(x0, 0), max(y0, 0)
-    x1, y1 = min(x1, person.shape[1]), min(y1, person.shape[0])
+    x1, y1 = min(x1, shape[1]), min(y1, shape[0])
     if x1 - x0 < 2 or y1 - y0 < 2:
-        return
+        return None
     origin = np.array([x0, y0], np.float64)
     box = np.empty((y1 - y0, x1 - x0, 3), np.float32)
     box[:] = colours.cavity
@@ -333,7 +359,33 @@ def paint_mouth(
     fade = float(np.clip((gap - 0.015 * unit) / (0.035 * unit), 0.0, 1.0))
     if fade < 1.0:
         mask = (mask * fade).astype(np.uint8)
-    _paint_over(person[y0:y1, x0:x1], box.astype(np.uint8), mask)
+    return MouthLayer(box.astype(np.uint8), mask, (x0, y0))
+
+
+def driver_mouth(
+    synthetic: MouthLayer, upper: np.ndarray, lower: np.ndarray, driver: DriverView
+) -> MouthLayer:
+    """The driver's own mouth interior (mouth_interior: driver), warped from the driver's
+    inner-lip contour onto the avatar's, colour-matched to the synthetic interior's light and
+    shown only inside the avatar's lips."""
+    target = np.vstack([upper, lower[-2:0:-1]]) - np.array(synthetic.origin, np.float64)
+    source = np.vstack(
+        [driver.points[LIPS_UPPER_INNER, :2], driver.points[LIPS_LOWER_INNER[-2:0:-1], :2]]
+    )
+    fan = np.array([(0, i, i % len(target) + 1) for i in range(1, len(target) + 1)])
+    dest = np.vstack([target.mean(0), target])
+    src = np.vstack([source.mean(0), source])
+    height, width = synthetic.mask.shape
+    warped, covered = warp_image(driver.image, fan, dest, src, Roi(0, 0, width, height))
+    inside = covered & (synthetic.mask > 0)
+    if not inside.any():
+        return synthetic
+    pixels = warped[inside].astype(np.float32)
+    reference = synthetic.box[inside].astype(np.float32)
+    matched = (pixels - pixels.mean(0)) * (reference.std(0) + 1.0) / (pixels.std(0) + 1.0)
+    box = synthetic.box.copy()
+    box[inside] = np.clip(matched + reference.mean(0), 0, 255).astype(np.uint8)
+    return MouthLayer(box, synthetic.mask, synthetic.origin)
 
 
 def _paint_over(person: np.ndarray, layer: np.ndarray, mask: np.ndarray) -> None:
@@ -343,28 +395,47 @@ def _paint_over(person: np.ndarray, layer: np.ndarray, mask: np.ndarray) -> None
     np.maximum(person[:, :, 3], mask, out=person[:, :, 3])
 
 
-def jaw_weights(points: np.ndarray, unit: float) -> np.ndarray:
-    """How far each face vertex drops when the mouth opens: a smooth field, 1 along the
-    middle of the lower lip, falling to 0 at the mouth corners (a lens-shaped opening) and
-    slowly over the chin (so no triangle folds), 0 on the upper lip and above."""
-    right, left = points[LIPS_UPPER_INNER[0], :2], points[LIPS_UPPER_INNER[-1], :2]
-    width = float(np.linalg.norm(left - right))
-    axis = (left - right) / width
-    normal = np.array([-axis[1], axis[0]])  # points down the face
-    relative = points[:, :2] - right
-    t = relative @ axis / width  # 0 at one inner corner, 1 at the other
-    below = relative @ normal  # distance below the corners' line
-    across = np.sin(np.pi * np.clip(t, 0.0, 1.0)) ** 0.8
-    lip_bottom = float(np.max((points[LIPS_LOWER_OUTER, :2] - right) @ normal))
-    down = np.clip(1.0 - (below - lip_bottom) / (1.5 * unit), 0.0, 1.0)
+def neighbour_mean(triangles: np.ndarray, count: int) -> sparse.csr_matrix:
+    """The (count × count) operator that averages each vertex's mesh neighbours."""
+    edges = np.vstack([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+    edges = np.unique(np.vstack([edges, edges[:, ::-1]]), axis=0)
+    adjacency = sparse.csr_matrix(
+        (np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(count, count)
+    )
+    degree = np.asarray(adjacency.sum(1)).ravel()
+    return sparse.diags(1.0 / np.maximum(degree, 1.0)) @ adjacency
+
+
+def jaw_weights(points: np.ndarray, unit: float, triangles: np.ndarray) -> np.ndarray:
+    """How far each face vertex drops when the mouth opens: 1 along the middle of the lower
+    lip (0 at the corners: a lens-shaped opening), fading over the chin and jaw, 0 on the
+    upper lip and above; smoothed over the mesh so neighbours never differ abruptly (which
+    would fold triangles at the mouth corners)."""
     upper = points[LIPS_UPPER_INNER, :2]
-    order = np.argsort((upper - right) @ axis)
-    slit = np.interp(t * width, ((upper - right) @ axis)[order], ((upper - right) @ normal)[order])
-    weights = across * down
-    weights[below <= slit + 0.005 * unit] = 0.0  # the upper lip and everything above it
-    weights[LIPS_UPPER_INNER + LIPS_UPPER_OUTER] = 0.0
-    lower_lip = LIPS_LOWER_INNER + LIPS_LOWER_OUTER  # on the slit when the mouth is shut
-    weights[lower_lip] = across[lower_lip] * down[lower_lip]
+    order = np.argsort(upper[:, 0])
+    lip_line = np.interp(points[:, 0], upper[order, 0], upper[order, 1])  # flat beyond corners
+    center = points[LIPS_LOWER_INNER, :2].mean(0)
+    distance = np.linalg.norm(points[:, :2] - center, axis=1)
+    weights = np.clip(1.0 - distance / (1.5 * unit), 0.0, 1.0) ** 0.6
+    weights[points[:, 1] <= lip_line + 0.01 * unit] = 0.0
+    along = np.sin(np.linspace(0.0, np.pi, len(LIPS_LOWER_INNER))) ** 0.5
+    fixed = {  # the lower lip moves whole: inner and outer edge alike
+        **dict.fromkeys(LIPS_UPPER_INNER + LIPS_UPPER_OUTER, 0.0),
+        **dict(zip(LIPS_LOWER_INNER, along, strict=True)),
+        **dict(zip(LIPS_LOWER_OUTER[1:-1], along[1:-1], strict=True)),
+    }
+    ids, values = np.array(list(fixed)), np.array(list(fixed.values()))
+    weights[ids] = values
+    edges = np.vstack([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+    edges = np.vstack([edges, edges[:, ::-1]])
+    degree = np.bincount(edges[:, 0], minlength=len(points)).astype(np.float64)
+    for _ in range(4):  # neighbour averaging, the fixed vertices held
+        summed = np.bincount(edges[:, 0], weights=weights[edges[:, 1]], minlength=len(points))
+        weights = np.where(
+            degree > 0, 0.5 * weights + 0.5 * summed / np.maximum(degree, 1), weights
+        )
+        weights[ids] = values
+    weights[points[:, 1] < lip_line - 0.15 * unit] = 0.0  # the smoothing stays by the mouth
     return weights
 
 
@@ -379,6 +450,7 @@ class MeshGenerator:
     ):
         self.config, self.avatar = config, avatar
         self.width, self.height = width, height
+        self.uses_driver_pixels = config.mouth_interior == "driver"
         img_h, img_w = avatar.image.shape[:2]
         self.mesh: AvatarMesh = build_mesh(avatar.points, img_w, img_h)
         self.framing = frame_avatar(avatar.points, (img_w, img_h), width, height)
@@ -413,57 +485,66 @@ class MeshGenerator:
         self.moving = self.mesh.triangles[self.mesh.rigidity[self.mesh.triangles].max(1) > 0]
         self.face_triangles = self.mesh.triangles[(self.mesh.triangles < N_FACE).all(1)]
         self.rest_sign = np.sign(signed_areas(self.face_triangles, self.rest[:, :2]))
-        self.jaw = jaw_weights(self.rest[:N_FACE], self.unit)
+        self.jaw = jaw_weights(self.rest[:N_FACE], self.unit, self.face_triangles)
+        self.neighbours = neighbour_mean(self.face_triangles, N_FACE)
         self.last_dest = self.rest
 
     # ------------------------------------------------------------ geometry
 
     def deform(self, motion: Motion) -> np.ndarray:
         """Vertex positions (output pixels, with depth) for this motion."""
-        face = self.rest.copy()
+        closures = [lid.closure(e) for lid, e in zip(self.lids, motion.eye_open, strict=True)]
+        signals = self.rest.copy()  # the signals alone: jaw drop and lids
+        self._open_mouth(signals, motion.mouth_open)
+        self._close_lids(signals, closures)
+        face = signals.copy()
         if motion.expression is not None:
             offsets = motion.expression[:N_FACE].astype(np.float64) * self.unit
             offsets[LID_DRIVEN] = 0.0  # the lids follow the blink signal, not the shape
             offsets[:, 1] *= 1.0 - self.jaw  # and the jaw the mouth-opening signal
-            face[:N_FACE] += self._unfolded(offsets)
-        self._open_mouth(face, motion.mouth_open)
-        self._close_lids(face, motion.eye_open)
+            face[:N_FACE] += offsets
         self._keep_lips_apart(face)
-        self._unfold(face)
+        self._unfold(face, signals)
         rotation = angles_to_rotation(motion.yaw, motion.pitch, motion.roll)
         shift = np.array([*motion.shift, 0.0]) * self.unit
         head = (face - self.pivot) @ rotation.T * motion.scale + self.pivot + shift
         rigid = self.mesh.rigidity[:, None]
         return self.rest + rigid * (head - self.rest) + (1.0 - rigid) * (face - self.rest)
 
-    def _unfolded(self, offsets: np.ndarray) -> np.ndarray:
-        """Expression offsets reduced where they would flip a face triangle over."""
-        for _ in range(8):
-            moved = self.rest[:, :2].copy()
-            moved[:N_FACE] += offsets[:, :2]
-            flipped = np.sign(signed_areas(self.face_triangles, moved)) != self.rest_sign
-            if not flipped.any():
-                return offsets
-            offsets[np.unique(self.face_triangles[flipped])] *= 0.5
-        moved = self.rest[:, :2].copy()
-        moved[:N_FACE] += offsets[:, :2]
-        flipped = np.sign(signed_areas(self.face_triangles, moved)) != self.rest_sign
-        offsets[np.unique(self.face_triangles[flipped])] = 0.0
-        return offsets
-
     def _flipped(self, face: np.ndarray) -> np.ndarray:
         return np.sign(signed_areas(self.face_triangles, face[:, :2])) != self.rest_sign
 
-    def _unfold(self, face: np.ndarray) -> None:
-        """The last word on folds: any face triangle still turned over has its vertices
-        pulled back towards rest until none is (in place, before the head turns)."""
-        for round_ in range(20):
+    def _unfold(self, face: np.ndarray, signals: np.ndarray) -> None:
+        """No face triangle may end up turned over (in place, before the head turns). A fold
+        is undone by taking back expression first (towards the signals alone), then the skin
+        around the lid edges and inner lips (towards rest), and at last anything."""
+        for round_ in range(200):
             flipped = self._flipped(face)
             if not flipped.any():
                 return
             ids = np.unique(self.face_triangles[flipped])
-            keep = 0.5 if round_ < 10 else 0.0  # halve the way back, at last snap to rest
-            face[ids] = self.rest[ids] + keep * (face[ids] - self.rest[ids])
+            if round_ < 8:  # halve the expression away
+                face[ids] = signals[ids] + 0.5 * (face[ids] - signals[ids])
+                continue
+            movable = ids[~np.isin(ids, KEEP_IN_PLACE)]
+            if round_ < 20 and movable.size:  # the skin around lid edges and lips gives way:
+                around_eyes = movable[np.isin(movable, LID_DRIVEN)]  # lid folds back a half,
+                face[around_eyes] = self.rest[around_eyes] + 0.5 * (
+                    face[around_eyes] - self.rest[around_eyes]
+                )
+                elsewhere = movable[~np.isin(movable, LID_DRIVEN)]  # elsewhere each vertex
+                moved = face[:N_FACE] - self.rest[:N_FACE]  # takes its neighbours' mean
+                face[elsewhere] = self.rest[elsewhere] + (self.neighbours @ moved)[elsewhere]
+                continue
+            if round_ < 150:  # then a folded triangle moves as one: its three corners share
+                triangles = self.face_triangles[flipped]  # their mean displacement
+                moved = (face[triangles] - self.rest[triangles]).mean(1)
+                total = np.zeros((N_FACE, 3))
+                np.add.at(total, triangles.ravel(), np.repeat(moved, 3, axis=0))
+                count = np.bincount(triangles.ravel(), minlength=N_FACE)[ids, None]
+                face[ids] = self.rest[ids] + total[ids] / count
+                continue
+            face[ids] = self.rest[ids]  # at last: back to rest (rest has no fold)
 
     def _open_mouth(self, face: np.ndarray, mouth_open: float) -> None:
         """Drop the jaw by the measured opening: the driver's opening, in the avatar's own
@@ -471,11 +552,10 @@ class MeshGenerator:
         drop = max(0.0, mouth_open) * self.unit
         face[:N_FACE, 1] += drop * self.jaw
 
-    def _close_lids(self, face: np.ndarray, eye_open: tuple[float, float]) -> None:
-        for lid, (upper, lower, crease, _), brow, opening in zip(
-            self.lids, EYES, BROW_RINGS, eye_open, strict=True
+    def _close_lids(self, face: np.ndarray, closures: list[float]) -> None:
+        for (upper, lower, crease, _), brow, closure in zip(
+            EYES, BROW_RINGS, closures, strict=True
         ):
-            closure = lid.closure(opening)
             if closure == 0.0:
                 continue
             top, bottom = face[upper], face[lower]
@@ -536,7 +616,7 @@ class MeshGenerator:
 
     # ------------------------------------------------------------ rendering
 
-    def render(self, motion: Motion) -> np.ndarray:
+    def render(self, motion: Motion, driver: DriverView | None = None) -> np.ndarray:
         self.last_dest = self.deform(motion)
         dest = self.to_work(self.last_dest)
         unit = self.unit * self.work_per_output[0]
@@ -564,13 +644,15 @@ class MeshGenerator:
                 motion.gaze,
             )
         if not self.mesh.mouth_open_at_rest:
-            paint_mouth(
-                person,
-                dest[LIPS_UPPER_INNER, :2] - offset,
-                dest[LIPS_LOWER_INNER, :2] - offset,
-                self.mouth_colours,
-                unit * motion.scale,
+            upper = dest[LIPS_UPPER_INNER, :2] - offset
+            lower = dest[LIPS_LOWER_INNER, :2] - offset
+            mouth = synthetic_mouth(
+                person.shape, upper, lower, self.mouth_colours, unit * motion.scale
             )
+            if mouth is not None and driver is not None and self.uses_driver_pixels:
+                mouth = driver_mouth(mouth, upper, lower, driver)
+            if mouth is not None:
+                mouth.paint(person)
         patch = _blend(self.background[roi.slices], person[:, :, :3], person[:, :, 3])
         out_roi, patch = self._to_output(patch, roi)
         frame = self.still.copy()

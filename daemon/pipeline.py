@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from daemon.capture import Capture
-from daemon.frames import CapturedFrame, OutputFrame
+from daemon.frames import CapturedFrame, DriverView, OutputFrame
 from daemon.generator import Generator
 from daemon.landmarks import LandmarkDetector, Landmarks
 from daemon.motion import Motion, MotionEstimator
@@ -57,13 +57,22 @@ class Pipeline:
         with self._lock:
             self.motion = self.track(driver, now)
             start = time.perf_counter()
-            image = self.generator.render(self.motion)
+            image = self.generator.render(self.motion, self._driver_view(driver))
             self._stats.record("generator", (time.perf_counter() - start) * 1e3)
         if image.shape != self._shape or image.dtype != np.uint8:
             raise ValueError(
                 f"generator returned {image.shape} {image.dtype}, expected {self._shape} uint8"
             )
         return image
+
+    def _driver_view(self, driver: CapturedFrame | None) -> DriverView | None:
+        """The driver's pixels, only for a generator configured to use them, and only
+        together with the landmarks found on that very frame."""
+        if not self.generator.uses_driver_pixels or driver is None or self.landmarks is None:
+            return None
+        if self.landmarks.index != driver.index:
+            return None
+        return DriverView(driver.image, self.landmarks.points)
 
     def track(self, driver: CapturedFrame | None, now: float) -> Motion:
         """Landmarks and motion for a new driver frame; the last motion for a repeated one."""

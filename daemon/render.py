@@ -6,6 +6,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from daemon.capture import VideoFileReader
 from daemon.config import Config, FileSinkConfig, MediaPipeTrackingConfig
 from daemon.demo import scripted_motion
@@ -48,18 +51,23 @@ def _open_file_sink(config: Config, out: Path) -> FileSink:
     return sink
 
 
-def render_video(config: Config, driver: str, out: Path, neutral_frame: int = 0) -> RenderResult:
+def render_video(
+    config: Config, driver: str, out: Path, neutral_frame: int = 0, side_by_side: bool = False
+) -> RenderResult:
     """Exactly one output frame per driver frame, at the driver's frame rate. The neutral face
-    is the first tracked frame, or frame `neutral_frame` (0-based) of the driver."""
+    is the first tracked frame, or frame `neutral_frame` (0-based) of the driver. With
+    `side_by_side` the driver video is shown left of the avatar (a demo: it shows the driver's
+    face, which the live daemon never publishes)."""
     reader = VideoFileReader(driver)
     config = _with_fps(config, reader.fps or FALLBACK_FPS)
     pipeline = build_pipeline(config, RollingStats())
+    out_config = _side_by_side_config(config, reader) if side_by_side else config
     try:
         if neutral_frame:
             _set_neutral_from_frame(pipeline, driver, neutral_frame)
         else:
             pipeline.calibrate()
-        sink = _open_file_sink(config, out)
+        sink = _open_file_sink(out_config, out)
     except BaseException:
         reader.close()
         pipeline.close()
@@ -68,13 +76,31 @@ def render_video(config: Config, driver: str, out: Path, neutral_frame: int = 0)
     try:
         while (image := reader.read()) is not None:
             t = frames / config.output.fps
-            sink.write(pipeline.process(CapturedFrame(image, t, frames), t))
+            frame = pipeline.process(CapturedFrame(image, t, frames), t)
+            if side_by_side:
+                frame = _beside(image, frame, out_config.output.width)
+            sink.write(frame)
             frames += 1
     finally:
         reader.close()
         sink.close()
         pipeline.close()
-    return RenderResult(out, frames, config.output.fps, config.output.width, config.output.height)
+    size = out_config.output
+    return RenderResult(out, frames, size.fps, size.width, size.height)
+
+
+def _side_by_side_config(config: Config, reader: VideoFileReader) -> Config:
+    """The output widened by the driver scaled to the output's height (even width)."""
+    driver_w, driver_h = reader.size
+    left = round(driver_w * config.output.height / driver_h / 2) * 2
+    wide = config.output.model_copy(update={"width": config.output.width + left})
+    return config.model_copy(update={"output": wide})
+
+
+def _beside(driver: np.ndarray, avatar: np.ndarray, width: int) -> np.ndarray:
+    height = avatar.shape[0]
+    left = cv2.resize(driver, (width - avatar.shape[1], height), interpolation=cv2.INTER_AREA)
+    return np.hstack([left, avatar])
 
 
 def _set_neutral_from_frame(pipeline: Pipeline, driver: str, index: int) -> None:

@@ -27,13 +27,23 @@ from daemon.avatar_prep import (
     prepare_avatar,
     template_points,
 )
-from daemon.config import MediaPipeTrackingConfig, MeshGeneratorConfig
+from daemon.config import MediaPipeTrackingConfig, MeshGeneratorConfig, MotionConfig
 from daemon.errors import AvatarError
 from daemon.facegeom import eye_openness, mouth_opening
+from daemon.frames import CapturedFrame, DriverView
 from daemon.landmarks import MediaPipeLandmarks
-from daemon.mesh import LIPS_LOWER_OUTER, LIPS_UPPER_OUTER, N_FACE, build_mesh
+from daemon.mesh import (
+    LIPS_LOWER_INNER,
+    LIPS_LOWER_OUTER,
+    LIPS_UPPER_INNER,
+    LIPS_UPPER_OUTER,
+    N_FACE,
+    build_mesh,
+)
 from daemon.mesh_generator import EYES, MeshGenerator
-from daemon.motion import Motion
+from daemon.motion import Motion, MotionEstimator
+from daemon.pipeline import Pipeline
+from daemon.stats import RollingStats
 from daemon.warp import Roi, signed_areas, warp_image, warp_maps
 
 SIZE = (320, 240)
@@ -594,3 +604,76 @@ def test_shut_eyes_track_as_shut(hopper, retrack):
     # The tracker never reads a shut eye as 0; seen 0.279 → 0.183 (ratio 0.66) on Grace
     # Hopper (glasses), 0.385 → 0.114 (0.30) on a dev-data photo.
     assert shut / opened < 0.8, (opened, shut)
+
+
+# ---------------------------------------------------------------- mouth_interior: driver
+
+
+def test_driver_mouth_interior_shows_the_driver_only_inside_the_lips(hopper, dev_photo):
+    """mouth_interior: driver puts the driver's own (colour-matched) mouth interior inside
+    the avatar's lips — and changes not one pixel anywhere else."""
+    open_mouth = Motion(mouth_open=0.25)
+    driver_image = generator(hopper, size=(640, 480)).render(open_mouth)  # a real open mouth
+    mesh = MediaPipeLandmarks(MediaPipeTrackingConfig(), static_images=True)
+    try:
+        found = mesh.detect(driver_image, 0.0, 0)
+    finally:
+        mesh.close()
+    assert found is not None
+    driver = DriverView(driver_image, found.points)
+    avatar = dev_photo or hopper
+    synthetic = MeshGenerator(MeshGeneratorConfig(), avatar, *SIZE)
+    borrowed = MeshGenerator(MeshGeneratorConfig(mouth_interior="driver"), avatar, *SIZE)
+    assert (synthetic.uses_driver_pixels, borrowed.uses_driver_pixels) == (False, True)
+    plain = synthetic.render(open_mouth, driver)  # ignored: not configured to use it
+    assert np.array_equal(plain, synthetic.render(open_mouth))
+    mixed = borrowed.render(open_mouth, driver)
+    lips = polygon_mask(
+        plain.shape,
+        np.vstack(
+            [
+                borrowed.last_dest[LIPS_UPPER_INNER, :2],
+                borrowed.last_dest[LIPS_LOWER_INNER[-2:0:-1], :2],
+            ]
+        ),
+        grow_px=3,
+    )
+    changed = np.abs(mixed.astype(int) - plain).sum(2) > 0
+    assert changed.any(), "the driver's mouth interior did not show"
+    assert not (changed & (lips == 0)).any(), "driver pixels outside the avatar's lips"
+
+
+class RecordingGenerator:
+    """A generator that records what the pipeline lends it (and draws nothing)."""
+
+    def __init__(self, uses_driver_pixels: bool):
+        self.uses_driver_pixels = uses_driver_pixels
+        self.drivers: list[DriverView | None] = []
+
+    def render(self, motion: Motion, driver: DriverView | None = None) -> np.ndarray:
+        self.drivers.append(driver)
+        return np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+
+
+@pytest.mark.parametrize("uses_driver_pixels", [False, True])
+def test_the_pipeline_lends_driver_pixels_only_when_asked(face_image, uses_driver_pixels):
+    recorder = RecordingGenerator(uses_driver_pixels)
+    pipeline = Pipeline(
+        recorder,
+        RollingStats(),
+        *SIZE,
+        detector=MediaPipeLandmarks(MediaPipeTrackingConfig()),
+        estimator=MotionEstimator(MotionConfig()),
+    )
+    try:
+        for index in range(3):
+            pipeline.process(CapturedFrame(face_image, index / 30, index), index / 30)
+        pipeline.process(None, 0.2)
+    finally:
+        pipeline.close()
+    lent = [d for d in recorder.drivers if d is not None]
+    if uses_driver_pixels:
+        assert len(lent) == 3 and lent[0].image is face_image and lent[0].points.shape == (478, 3)
+        assert recorder.drivers[-1] is None  # no camera frame: nothing to lend
+    else:
+        assert lent == []

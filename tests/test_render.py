@@ -205,3 +205,18 @@ def test_render_neutral_frame_option(tmp_path, face_image):
     noface = cli("render", "--driver", str(blank), "--out", str(out), "--neutral-frame", "1")
     assert noface.returncode == 1
     assert f"no face found in that frame of {blank}" in noface.stderr
+
+
+def test_demo_with_a_driver_shows_it_side_by_side(tmp_path, other_face):
+    driver = write_video(tmp_path / "driver.mp4", other_face, frames=12, fps=24, size=(320, 240))
+    out = tmp_path / "sbs.mp4"
+    result = cli(
+        "demo", "--driver", str(driver), "--out", str(out), "--width", "320", "--height", "240"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {out} (12 frames, 640x240 @ 24 fps)"
+    frames, _ = read_video(out)
+    assert len(frames) == 12 and frames[0].shape == (240, 640, 3)
+    camera = read_video(driver)[0]
+    assert mean_abs_diff(frames[5][:, :320], camera[5]) < 12  # the driver, left
+    assert mean_abs_diff(frames[5][:, 320:], mesh_rest_frame(320, 240)) < 20  # the avatar

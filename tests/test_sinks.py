@@ -412,7 +412,9 @@ class FailingGenerator:
         self.calls = 0
         self.motions: list[Motion] = []
 
-    def render(self, motion: Motion) -> np.ndarray:
+    uses_driver_pixels = False
+
+    def render(self, motion: Motion, driver: object = None) -> np.ndarray:
         self.calls += 1
         self.motions.append(motion)
         if self.calls >= self.fail_from:
