@@ -25,8 +25,9 @@ def default_avatar_path() -> Path:
     return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
 
-def load_avatar(spec: str) -> np.ndarray:
-    """`avatar.image` ('default' or a path) → BGR uint8 image, or AvatarError naming the fix."""
+def read_avatar_file(spec: str) -> tuple[Path, bytes]:
+    """`avatar.image` ('default' or a path) → (path, its bytes), size-checked, or AvatarError
+    naming the fix."""
     path = default_avatar_path() if spec == "default" else Path(spec)
     try:
         data = path.read_bytes() if path.stat().st_size <= MAX_AVATAR_BYTES else None
@@ -38,6 +39,12 @@ def load_avatar(spec: str) -> np.ndarray:
         raise AvatarError(f"avatar.image: cannot read {path}: {exc.strerror}") from None
     if data is None:
         raise AvatarError(f"avatar.image: {path} is larger than {MAX_AVATAR_BYTES >> 20} MiB")
+    return path, data
+
+
+def load_avatar(spec: str) -> np.ndarray:
+    """`avatar.image` ('default' or a path) → BGR uint8 image, or AvatarError naming the fix."""
+    path, data = read_avatar_file(spec)
     return decode_avatar(data, str(path))
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from daemon.avatar import decode_avatar, default_avatar_path
+from daemon.avatar import decode_avatar, default_avatar_path, read_avatar_file
 from daemon.config import MediaPipeTrackingConfig
 from daemon.errors import AvatarError
 from daemon.facegeom import N_LANDMARKS
@@ -60,15 +60,7 @@ def sidecar_path(image_path: Path) -> Path:
 def prepare_avatar(spec: str, cache: Path | None = None) -> PreparedAvatar:
     """`avatar.image` ('default' or a path) → PreparedAvatar, from the cache when the image
     (and its sidecar) are unchanged. Raises AvatarError naming the file and the fix."""
-    path = default_avatar_path() if spec == "default" else Path(spec)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise AvatarError(
-            f"avatar.image: {path} not found; fix the path or use 'default'"
-        ) from None
-    except OSError as exc:
-        raise AvatarError(f"avatar.image: cannot read {path}: {exc.strerror}") from None
+    path, data = read_avatar_file(spec)
     image = _limit_size(decode_avatar(data, str(path)))
     sidecar = sidecar_path(path)
     sidecar_bytes = sidecar.read_bytes() if sidecar.is_file() else b""

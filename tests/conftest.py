@@ -41,6 +41,17 @@ def other_face() -> np.ndarray:
     return cv2.applyColorMap(cv2.cvtColor(hopper[:, ::-1], cv2.COLOR_BGR2GRAY), cv2.COLORMAP_JET)
 
 
+def wait_until(predicate, timeout_s: float = 5.0) -> bool:
+    """Poll an observable condition with a deadline (synchronisation, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return predicate()
+        pause.wait(0.002)
+    return True
+
+
 def write_video(
     path: Path, image: np.ndarray, frames: int, fps: float, size: tuple[int, int] = (320, 240)
 ) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import mean_abs_diff, write_video
+from conftest import mean_abs_diff, wait_until, write_video
 
 from daemon.capture import Capture, SourceSpec, VideoFileReader, classify_source
 from daemon.config import CaptureConfig
@@ -25,15 +25,6 @@ FILE_FPS = 100.0  # the files' own rate: Capture paces to it, so a pass over 12 
 FILE_FRAMES = 12
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    """Poll an observable condition with a deadline (synchronisation, not a fixed sleep)."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return predicate()
-        pause.wait(0.005)
-    return True
 
 
 def capture_threads(capture: Capture) -> list[threading.Thread]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import mean_abs_diff, read_video
+from conftest import mean_abs_diff, read_video, wait_until
 
 from daemon.capture import Capture
 from daemon.config import (
@@ -40,15 +40,6 @@ WIDTH, HEIGHT = 320, 240
 OUTPUT = OutputConfig(width=WIDTH, height=HEIGHT, fps=25)
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    """Poll an observable condition with a deadline (synchronisation, not a fixed sleep)."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return predicate()
-        pause.wait(0.002)
-    return True
 
 
 @pytest.fixture
