@@ -518,23 +518,31 @@ class MeshGenerator:
         """No face triangle may end up turned over (in place, before the head turns). A fold
         is undone by taking back expression first (towards the signals alone), then the skin
         around the lid edges and inner lips (towards rest), and at last anything."""
+        in_signals = None  # folds the signals alone make: taking expression back can't help
+        phase_two_until, best = 20, None
         for round_ in range(200):
             flipped = self._flipped(face)
             if not flipped.any():
                 return
+            folds = int(flipped.sum())
+            if 8 <= round_ < phase_two_until and best is not None and folds >= best:
+                phase_two_until = round_  # giving way no longer helps: move on
+            best = folds if best is None else min(best, folds)
+            if in_signals is None:
+                in_signals = self._flipped(signals)
             ids = np.unique(self.face_triangles[flipped])
-            if round_ < 8:  # halve the expression away
+            if round_ < 8 and (flipped & ~in_signals).any():  # halve the expression away
                 face[ids] = signals[ids] + 0.5 * (face[ids] - signals[ids])
                 continue
             movable = ids[~np.isin(ids, KEEP_IN_PLACE)]
-            if round_ < 20 and movable.size:  # the skin around lid edges and lips gives way:
+            if round_ < phase_two_until and movable.size:  # skin by lid edges and lips gives way:
                 around_eyes = movable[np.isin(movable, LID_DRIVEN)]  # lid folds back a half,
                 face[around_eyes] = self.rest[around_eyes] + 0.5 * (
                     face[around_eyes] - self.rest[around_eyes]
                 )
                 elsewhere = movable[~np.isin(movable, LID_DRIVEN)]  # elsewhere each vertex
                 moved = face[:N_FACE] - self.rest[:N_FACE]  # takes its neighbours' mean
-                face[elsewhere] = self.rest[elsewhere] + (self.neighbours @ moved)[elsewhere]
+                face[elsewhere] = self.rest[elsewhere] + self.neighbours[elsewhere] @ moved
                 continue
             if round_ < 150:  # then a folded triangle moves as one: its three corners share
                 triangles = self.face_triangles[flipped]  # their mean displacement
