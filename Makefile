@@ -6,7 +6,7 @@ UNIT_DIR := $(HOME)/.config/systemd/user
 CONFIG_DIR := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/talking-head-cam
 SYSTEMCTL ?= systemctl
 
-.PHONY: install demo run test bench eval lint config install-service uninstall-service clean
+.PHONY: install demo run test soak bench bench-webrtc eval lint config install-service uninstall-service clean
 
 install: $(VENV)/.installed
 
@@ -22,13 +22,32 @@ demo: install
 run: install
 	$(BIN)/talking-head-cam --config config.yaml run
 
+# The end-to-end QEMU tests run apart: `make e2e`.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/e2e
+
+# Only the end-to-end tests in a QEMU guest (tests/e2e): the real v4l2loopback module and
+# systemd as PID 1; about 7 min without KVM. `make test` runs them too when it can (skips
+# with the reason when not); here a guest that cannot be built is an error.
+.PHONY: e2e
+e2e: install
+	THC_E2E_REQUIRED=1 $(BIN)/python -m pytest -q tests/e2e
+
+# The long soak: the whole daemon for 100,000 frames with every kind of fault in turn (about
+# 20 min on 2 cores) → reports/soak.md with plots; exits 1 when unhealthy. The short form
+# runs in `make test`. Options: python -m daemon.soak --help
+soak: install
+	$(BIN)/python -m daemon.soak --frames 100000 --out reports
 
 # Per-stage latency, loop fps and CPU use (default and 1 OpenCV thread), the daemon paced at
 # the output rate, our warp vs scikit-image's; about 30 s. Options: talking-head-cam bench --help
 bench: install
 	$(BIN)/talking-head-cam --config config.yaml bench
+
+# Remote mode's round trip (browser camera frame → avatar frame back, median and p95) with a
+# real daemon and headless Chromium on this machine; about 30 s. Needs chromium, chromium-driver.
+bench-webrtc: install
+	$(BIN)/python tests/bench_webrtc.py
 
 # Dev clips × a few avatars → reports/eval.md + plots (skips when ../shared/data is absent).
 DATA ?= ../shared/data

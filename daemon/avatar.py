@@ -37,6 +37,8 @@ def read_avatar_file(spec: str) -> tuple[Path, bytes]:
         ) from None
     except OSError as exc:
         raise AvatarError(f"avatar.image: cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:  # e.g. a NUL character in the path
+        raise AvatarError(f"avatar.image: {path!r} is not a usable path: {exc}") from None
     if data is None:
         raise AvatarError(f"avatar.image: {path} is larger than {MAX_AVATAR_BYTES >> 20} MiB")
     return path, data

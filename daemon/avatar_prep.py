@@ -9,6 +9,7 @@ file `IMG.landmarks.json` next to the image gives either all 478 points or 5 key
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -174,12 +175,14 @@ def detect_avatar_landmarks(image: np.ndarray) -> tuple[np.ndarray, str] | None:
     return None
 
 
+@functools.cache
 def template_points() -> np.ndarray:
     """A real frontal face's 478 landmarks (the embedded default avatar): the template
-    fitted to a sidecar's 5 key points."""
+    fitted to a sidecar's 5 key points (found once, read-only)."""
     image = decode_avatar(default_avatar_path().read_bytes(), "default")
     found = detect_avatar_landmarks(image)
     assert found is not None, "the embedded default avatar must have a face"
+    found[0].setflags(write=False)
     return found[0]
 
 
@@ -209,7 +212,7 @@ def load_sidecar(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
             points = np.array([doc[name] for name in KEYPOINT_NAMES], np.float64)
         else:
             points = np.array(doc["points"] if isinstance(doc, dict) else doc, np.float64)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, ArithmeticError, RecursionError) as exc:
         raise AvatarError(
             f"{path}: not a landmarks file ({type(exc).__name__}: {exc}); "
             'expected {"points": [[x, y], ...]} with 478 or 5 points, or '
@@ -237,7 +240,10 @@ def load_sidecar(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
         if points.shape[1] == 2:
             points = np.hstack([points, np.zeros((N_LANDMARKS, 1))])
         return points.astype(np.float32), "sidecar (478 points)"
-    return fit_template(points[:, :2]), "sidecar (5 key points, template fitted)"
+    try:
+        return fit_template(points[:, :2]), "sidecar (5 key points, template fitted)"
+    except AvatarError as exc:
+        raise AvatarError(f"{path}: {exc}") from None
 
 
 # ---------------------------------------------------------------- person and background

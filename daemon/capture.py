@@ -19,16 +19,17 @@ from typing import Literal, Protocol
 import cv2
 import numpy as np
 
-from daemon.config import DEFAULT_LABEL, IMAGE_SUFFIXES, CaptureConfig
+from daemon.config import DEFAULT_LABEL, FAULT_PREFIX, IMAGE_SUFFIXES, CaptureConfig
 from daemon.errors import CaptureError, DeviceError, TalkingHeadCamError
 from daemon.frames import CapturedFrame
 from daemon.v4l2 import SYSFS_ROOT, can_capture, list_video_devices
 
 log = logging.getLogger(__name__)
 
-SourceKind = Literal["camera", "video", "image"]
-CaptureState = Literal["starting", "streaming", "missing", "lost", "ended", "stopped"]
+SourceKind = Literal["camera", "video", "image", "fault"]
+CaptureState = Literal["starting", "streaming", "stalled", "missing", "lost", "ended", "stopped"]
 _FIRST_RETRY_S = 0.5
+STALL_S = 1.0  # no new frame for this long: the source counts as stalled (Pipeline.STALE_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,8 @@ class SourceSpec:
     target: int | str
 
     def __str__(self) -> str:
+        if self.kind == "fault":
+            return f"{FAULT_PREFIX}{self.target}"
         return (
             str(self.target)
             if self.kind != "camera" or isinstance(self.target, str)
@@ -49,6 +52,8 @@ class SourceSpec:
 def classify_source(source: int | str) -> SourceSpec:
     if isinstance(source, int) or source == "auto" or source.startswith("/dev/"):
         return SourceSpec("camera", source)
+    if source.startswith(FAULT_PREFIX):  # test support only, see daemon/faults.py
+        return SourceSpec("fault", source.removeprefix(FAULT_PREFIX))
     kind: SourceKind = "image" if source.lower().endswith(IMAGE_SUFFIXES) else "video"
     return SourceSpec(kind, source)
 
@@ -175,6 +180,10 @@ def open_reader(
         return VideoFileReader(str(spec.target))
     if spec.kind == "image":
         return ImageReader(str(spec.target))
+    if spec.kind == "fault":
+        from daemon.faults import FaultInjectingReader
+
+        return FaultInjectingReader(str(spec.target))
     target = resolve_auto_camera(own_labels, sysfs_root) if spec.target == "auto" else spec.target
     return CameraReader(target, config)
 
@@ -231,10 +240,30 @@ class Capture:
             frame = self._latest
         return frame if frame is not None and frame.index > after_index else None
 
-    def close(self, timeout_s: float = 0.5) -> None:
+    def check_stalled(self) -> bool:
+        """Called by the supervisor: a streaming source with no new frame for STALL_S goes
+        to `stalled` (logged once); its next frame brings it back to `streaming`."""
+        with self._cond:
+            latest = self._latest
+            if (
+                self.state == "streaming"
+                and latest is not None
+                and self._clock() - latest.t_capture > STALL_S
+            ):
+                self._set_state(
+                    "stalled",
+                    f"no new frame for over {STALL_S:g} s; publishing the idle avatar meanwhile",
+                )
+            return self.state == "stalled"
+
+    def request_stop(self) -> None:
+        """Tell the reader thread to stop (close() then waits for it)."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+
+    def close(self, timeout_s: float = 0.5) -> None:
+        self.request_stop()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
         if self._thread.is_alive():
@@ -299,9 +328,7 @@ class Capture:
                     return  # the caller reopens the file from its start
                 self._set_state("ended", "end of the video file; publishing the idle avatar")
                 return
-            if not delivered[0]:  # state (and its log line) before anyone sees the frame
-                self._set_state("streaming", getattr(reader, "description", ""))
-            self._publish(image)
+            self._publish(image, getattr(reader, "description", ""))
             delivered[0] += 1
             if period:
                 next_t += period
@@ -311,9 +338,11 @@ class Capture:
                 elif delay > 0:
                     self._stop.wait(delay)
 
-    def _publish(self, image: np.ndarray) -> None:
+    def _publish(self, image: np.ndarray, description: str) -> None:
         image.setflags(write=False)
         with self._cond:
+            if self.state != "streaming":  # state (and its log line) before anyone sees it
+                self._set_state("streaming", description)
             self._latest = CapturedFrame(image, self._clock(), self._count)
             self._count += 1
             self._cond.notify_all()
@@ -324,10 +353,10 @@ class Capture:
 
     def _set_state(self, state: CaptureState, detail: str) -> None:
         """Record the state; log only when it (or its reason) changes, never per attempt."""
-        if (state, detail) == (self.state, self.detail):
-            return
-        self.state, self.detail = state, detail
-        level = logging.WARNING if state in ("missing", "lost") else logging.INFO
-        log.log(level, "%r: %s%s", self, state, f": {detail}" if detail else "")
-        with self._cond:
+        with self._cond:  # the supervisor's check_stalled sets states too
+            if (state, detail) == (self.state, self.detail):
+                return
+            self.state, self.detail = state, detail
+            level = logging.WARNING if state in ("missing", "lost", "stalled") else logging.INFO
+            log.log(level, "%r: %s%s", self, state, f": {detail}" if detail else "")
             self._cond.notify_all()

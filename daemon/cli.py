@@ -1,4 +1,4 @@
-"""`talking-head-cam`: run | render | eval | demo | calibrate | doctor | check-config | bench | ...
+"""`talking-head-cam`: run | status | render | eval | demo | calibrate | avatar | doctor | ...
 
 Exit codes: 0 fine, 1 a runtime problem (message on stderr), 2 a config or usage error
 (systemd's RestartPreventExitStatus=2 keeps a hopeless config from restart-looping).
@@ -12,10 +12,20 @@ import logging
 import os
 import signal
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from daemon.config import Config, find_config_path, load_config, validate_config
+from daemon.config import (
+    Config,
+    connect_host,
+    find_config_path,
+    load_config,
+    runtime_file_path,
+    validate_config,
+)
 from daemon.errors import AvatarError, ConfigError, DaemonNotRunning, TalkingHeadCamError
 from daemon.native_stderr import filter_native_stderr
 
@@ -89,11 +99,135 @@ def cmd_avatar_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Ask the running daemon to take the next tracked frame as the neutral face."""
-    from daemon.service import pid_file_path
+# ---------------------------------------------------------------- the running daemon's API
 
-    path = pid_file_path()
+
+class WebClient:
+    """The running daemon's JSON API: its address from the file the daemon leaves in
+    $XDG_RUNTIME_DIR (exact, even with web.port 0), else from the config; the token from the
+    config (web.token)."""
+
+    def __init__(self, config_arg: str | None, timeout_s: float = 60.0):
+        config = _load(config_arg)
+        self.token, self.timeout_s = config.web.token, timeout_s
+        self.url = _live_web_url(runtime_file_path(".web.json"))
+        if self.url is None:
+            if not config.web.enabled:
+                raise DaemonNotRunning("the daemon's web API is off (web.enabled: false)")
+            host = connect_host(config.web.bind)
+            self.url = f"http://{host}:{config.web.port}/"
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(
+            self.url + path.lstrip("/"), data=data, method=method, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("error", exc.reason)
+            except ValueError:
+                message = exc.reason
+            if exc.code == 401:
+                message += "; pass --config with the daemon's config file (its web.token)"
+            raise TalkingHeadCamError(f"the daemon answered {exc.code}: {message}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise DaemonNotRunning(
+                f"the daemon's web API is not reachable at {self.url} ({reason}); is it "
+                "running? systemctl --user start talking-head-cam"
+            ) from None
+
+
+def _live_web_url(path: Path) -> str | None:
+    """The URL in the daemon's runtime file, when the daemon that wrote it is alive."""
+    try:
+        info = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)
+        return str(info["url"])
+    except PermissionError:  # alive, another user's
+        return str(info["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = WebClient(args.config, timeout_s=10).call("GET", "/api/status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(format_status(status))
+    return 0
+
+
+def format_status(status: dict[str, Any]) -> str:
+    camera, output = status.get("camera") or {}, status["output"]
+    lines = [
+        f"{status['state']}: {status['line']}",
+        f"camera: {camera.get('source', '?')} {camera.get('state', '?')} "
+        f"{camera.get('detail', '')}",
+        f"avatar: {status.get('avatar_name') or status['avatar']}",
+        f"output: {output['width']}x{output['height']} @ {output['fps']:g} fps, "
+        f"{status['frames_published']} frames published",
+    ]
+    for sink in status["sinks"]:
+        lines.append(
+            f"sink {sink['name']}: {sink['state']} ({sink['detail']}); "
+            f"{sink['frames_written']} written, {sink['frames_dropped']} dropped"
+        )
+    stages = ", ".join(
+        f"{name} {s['median']:.1f}/{s['p95']:.1f}" for name, s in status["stages_ms"].items()
+    )
+    lines.append(f"stages (median/p95 ms): {stages or 'none yet'}")
+    for peer in status.get("peers", []):
+        extra = (
+            f", avatar {peer['avatar']}, face {peer['face']}" if peer["kind"] == "remote" else ""
+        )
+        lines.append(
+            f"peer {peer['id']}: {peer['kind']} {peer['state']}{extra}, "
+            f"{peer['frames_sent']} frames sent"
+        )
+    web = status.get("web") or {}
+    if web.get("url"):
+        lines.append(f"page: {web['url']}" + (" (#token=...)" if web.get("token_required") else ""))
+    return "\n".join(lines)
+
+
+def cmd_avatar_use(args: argparse.Namespace) -> int:
+    """Switch the running daemon's avatar to a gallery avatar."""
+    from urllib.parse import quote
+
+    WebClient(args.config).call("POST", f"/api/avatars/{quote(args.name, safe='')}/use")
+    print(f"the daemon's avatar is now {args.name}")
+    return 0
+
+
+def cmd_avatar_list(args: argparse.Namespace) -> int:
+    listing = WebClient(args.config, timeout_s=10).call("GET", "/api/avatars")
+    for entry in listing["avatars"]:
+        mark = "*" if entry["name"] == listing["current"] else " "
+        state = "" if entry["state"] == "ready" else f"  ({entry['state']} {entry['stage']})"
+        print(f"{mark} {entry['name']}{state}")
+    print(f"(gallery: {listing['folder']})")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Ask the running daemon to take the next tracked frame as the neutral face: through its
+    web API when reachable, else with SIGUSR1 to the PID in its PID file."""
+    try:
+        answer = WebClient(args.config, timeout_s=5).call("POST", "/api/calibrate")
+    except (DaemonNotRunning, ConfigError):
+        pass
+    else:
+        print(f"asked the daemon (pid {answer['pid']}) to calibrate: {answer['message']}")
+        return 0
+    path = runtime_file_path(".pid")
     try:
         pid = int(path.read_text().strip())
         os.kill(pid, signal.SIGUSR1)
@@ -227,6 +361,18 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("image", help="the avatar image")
     prepare.add_argument("--out", help="overlay PNG (default: IMAGE.prepared.png)")
     prepare.set_defaults(func=cmd_avatar_prepare)
+    use = avatar.add_parser("use", help="switch the running daemon to a gallery avatar")
+    use.add_argument("name", help="the avatar's gallery name ('default': the embedded one)")
+    use.set_defaults(func=cmd_avatar_use)
+    avatar.add_parser(
+        "list", help="the running daemon's avatar gallery (* marks the one in use)"
+    ).set_defaults(func=cmd_avatar_list)
+
+    status = sub.add_parser(
+        "status", help="the running daemon's state, fps, per-stage latency, sinks and peers"
+    )
+    status.add_argument("--json", action="store_true", help="print the API's JSON")
+    status.set_defaults(func=cmd_status)
 
     sub.add_parser(
         "calibrate", help="tell the running daemon to take your current face as the neutral"

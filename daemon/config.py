@@ -8,8 +8,11 @@ the stage that uses them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import tempfile
+import typing
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -22,7 +25,9 @@ from daemon.errors import ConfigError
 
 DEFAULT_LABEL = "Talking Head Cam"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+FAULT_PREFIX = "fault:"  # capture.source "fault:VIDEO": test support, see daemon/faults.py
 _DEVICE_RE = re.compile(r"^/dev/video\d+$")
+_TOKEN_RE = re.compile(r"^[!-~]{16,}$")
 
 
 class Section(BaseModel):
@@ -265,10 +270,116 @@ class NullSinkConfig(Section):
     type: Literal["null"]
 
 
+class FaultSinkConfig(Section):
+    """Test support: a sink that fails, raises or blocks on command (see daemon/faults.py).
+    Only used when a config names `type: fault`; left out of the documented sink types."""
+
+    type: Literal["fault"]
+    control: str = Field(
+        description="control file holding one word: ok, fail, raise, block or refuse; "
+        "relative paths are relative to the config file"
+    )
+
+
 SinkConfig = Annotated[
-    VirtualCamSinkConfig | FileSinkConfig | NullSinkConfig, Field(discriminator="type")
+    VirtualCamSinkConfig | FileSinkConfig | NullSinkConfig | FaultSinkConfig,
+    Field(discriminator="type"),
 ]
 SINK_TYPES = ("virtualcam", "file", "null")
+
+
+class RemoteConfig(Section):
+    """Remote mode: a browser or thin client sends its camera over WebRTC, gets the avatar back."""
+
+    enabled: bool = Field(True, description="accept remote peers (false: preview only)")
+    max_peers: int = Field(
+        2, ge=1, le=16, description="remote peers at once; one more is refused (503)"
+    )
+    width: int = Field(
+        640, ge=16, le=1920, multiple_of=2, description="a remote peer's avatar video width, pixels"
+    )
+    height: int = Field(360, ge=16, le=1080, multiple_of=2, description="its height, pixels")
+    publish: bool = Field(
+        False,
+        description="also publish the newest remote peer's avatar to the sinks (the virtual "
+        "camera) while it is connected",
+    )
+
+
+class WebConfig(Section):
+    """The control page and the WebRTC endpoint, served by the daemon (aiohttp + aiortc)."""
+
+    enabled: bool = Field(True, description="serve the page, the JSON API and WebRTC")
+    bind: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address to listen on; anything but loopback needs a token",
+    )
+    port: int = Field(8390, ge=0, le=65535, description="TCP port (0: any free port)")
+    token: str | None = Field(
+        None,
+        description="secret every API and signalling request must carry "
+        "(Authorization: Bearer TOKEN); open the page as http://HOST:PORT/#token=TOKEN",
+    )
+    avatars_dir: str | None = Field(
+        None,
+        description="the avatar gallery folder (null: $XDG_DATA_HOME/talking-head-cam/avatars)",
+    )
+    max_upload_mb: float = Field(20, gt=0, le=50, description="largest avatar upload, MiB")
+    max_viewers: int = Field(4, ge=1, le=16, description="live previews at once")
+    preview_width: int = Field(
+        640,
+        ge=16,
+        le=7680,
+        multiple_of=2,
+        description="preview video width, pixels (at most the output's)",
+    )
+    remote: RemoteConfig = Field(default_factory=RemoteConfig)
+
+    def is_loopback(self) -> bool:
+        return is_loopback(self.bind)
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, value: str | None) -> str | None:
+        # never echo the value: it is a secret and the message goes to the log
+        if value is not None and not _TOKEN_RE.match(value):
+            raise ValueError(
+                "use at least 16 characters without spaces (printable ASCII), "
+                "e.g. the output of `openssl rand -hex 24`"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _remote_needs_a_token(self) -> WebConfig:
+        if self.enabled and not self.is_loopback() and not self.token:
+            raise ValueError(
+                f"bind {self.bind!r} is not a loopback address, so anyone who can reach it "
+                "could watch and steer the camera: set web.token to a long random secret "
+                "(e.g. `openssl rand -hex 24`) or bind 127.0.0.1"
+            )
+        return self
+
+
+def connect_host(bind: str, bound: str | None = None) -> str:
+    """The host part of a URL a local client uses to reach a server bound to `bind` (whose
+    socket reports the address `bound`)."""
+    if bind in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if bind == "::":
+        return "[::1]"
+    host = bound if bound and bind != "localhost" else bind
+    return f"[{host}]" if ":" in host else host
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and 127.0.0.0/8 or ::1 (no name lookup: validation stays pure)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Config(Section):
@@ -284,6 +395,7 @@ class Config(Section):
         default_factory=lambda: [VirtualCamSinkConfig(type="virtualcam")],
         description="where the avatar video goes; several at once, each picked by its type",
     )
+    web: WebConfig = Field(default_factory=WebConfig)
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="daemon log level (the log goes to stderr, i.e. journald)"
     )
@@ -324,6 +436,13 @@ def user_config_path(env: Mapping[str, str] = os.environ) -> Path:
     return Path(base) / "talking-head-cam" / "config.yaml"
 
 
+def runtime_file_path(suffix: str, env: Mapping[str, str] = os.environ) -> Path:
+    """$XDG_RUNTIME_DIR/talking-head-cam-UID{suffix}: where the running daemon leaves its
+    PID (.pid) and the URL of its web API (.web.json) for the CLI."""
+    runtime = env.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(runtime) / f"talking-head-cam-{os.getuid()}{suffix}"
+
+
 def find_config_path(
     cli_path: str | os.PathLike[str] | None, env: Mapping[str, str] = os.environ
 ) -> Path:
@@ -345,11 +464,19 @@ def parse_yaml(text: str, source: str) -> tuple[dict[str, Any], yaml.Node | None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (no mark)
+        line = text[: exc.position].count("\n") + 1
+        problem = f"character #x{exc.character:04x} ({exc.reason})"
+        raise ConfigError(source, [f"line {line}: YAML syntax error: {problem}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "YAML"
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
         raise ConfigError(source, [f"{where}: YAML syntax error: {problem}"]) from None
+    except RecursionError:
+        raise ConfigError(source, ["YAML: nested too deeply to be a config"]) from None
+    except ValueError as exc:  # a value YAML parses but Python refuses (a 5000-digit number)
+        raise ConfigError(source, [f"YAML: a value cannot be read: {exc}"]) from None
     if data is None:
         return {}, None
     if not isinstance(data, dict):
@@ -389,7 +516,10 @@ def resolve_paths(config: Config, base: Path) -> Config:
         return value if Path(value).is_absolute() else str((base / value).resolve())
 
     capture = config.capture
-    if (
+    if isinstance(capture.source, str) and capture.source.startswith(FAULT_PREFIX):
+        fault_video = absolute(capture.source.removeprefix(FAULT_PREFIX))
+        capture = capture.model_copy(update={"source": FAULT_PREFIX + fault_video})
+    elif (
         isinstance(capture.source, str)
         and capture.source != "auto"
         and not capture.source.startswith("/dev/")
@@ -402,13 +532,28 @@ def resolve_paths(config: Config, base: Path) -> Config:
         s.model_copy(update={"path": absolute(s.path)}) if isinstance(s, FileSinkConfig) else s
         for s in config.sinks
     ]
+    sinks = [
+        s.model_copy(update={"control": absolute(s.control)})
+        if isinstance(s, FaultSinkConfig)
+        else s
+        for s in sinks
+    ]
     generator = config.generator
     if isinstance(generator, MeshGeneratorConfig) and generator.background_image:
         generator = generator.model_copy(
             update={"background_image": absolute(generator.background_image)}
         )
+    web = config.web
+    if web.avatars_dir:
+        web = web.model_copy(update={"avatars_dir": absolute(web.avatars_dir)})
     return config.model_copy(
-        update={"capture": capture, "avatar": avatar, "sinks": sinks, "generator": generator}
+        update={
+            "capture": capture,
+            "avatar": avatar,
+            "sinks": sinks,
+            "generator": generator,
+            "web": web,
+        }
     )
 
 
@@ -480,7 +625,8 @@ def _describe(err: Mapping[str, Any], data: Mapping[str, Any], node: yaml.Node |
             else f"unknown type {ctx.get('tag')!r}; expected {ctx.get('expected_tags')}"
         )
     elif kind == "union_tag_not_found":
-        message = f"missing 'type'; expected one of: {', '.join(SINK_TYPES)}"
+        tags = SINK_TYPES if parts and parts[0] == "sinks" else _section_tags(parts)
+        message = f"missing 'type'; expected one of: {', '.join(tags)}"
     elif kind == "missing":
         message = "required but missing"
     elif kind == "literal_error":
@@ -490,13 +636,30 @@ def _describe(err: Mapping[str, Any], data: Mapping[str, Any], node: yaml.Node |
         if kind not in {"value_error"} and not isinstance(value, Mapping | list):
             message += f" (got {value!r})"
     line = _line_of(node, parts)
-    return f"{where}: {message}" + (f" (line {line})" if line else "")
+    problem = f"{where}: {message}" + (f" (line {line})" if line else "")
+    return _CONTROL_RE.sub(lambda m: repr(m[0])[1:-1], problem)  # one problem, one line
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _section_tags(parts: list[str | int]) -> tuple[str, ...]:
+    """The `type` values a tagged section (tracking, generator) accepts."""
+    info = Config.model_fields.get(str(parts[0])) if parts else None
+    annotation = info.annotation if info is not None else None
+    members = typing.get_args(annotation) or (annotation,)
+    return tuple(
+        typing.get_args(m.model_fields["type"].annotation)[0]
+        for m in members
+        if isinstance(m, type) and issubclass(m, BaseModel) and "type" in m.model_fields
+    )
 
 
 _TAGGED: dict[str, type[BaseModel]] = {
     "virtualcam": VirtualCamSinkConfig,
     "file": FileSinkConfig,
     "null": NullSinkConfig,
+    "fault": FaultSinkConfig,
     "still": StillGeneratorConfig,
     "mesh": MeshGeneratorConfig,
     "mediapipe": MediaPipeTrackingConfig,

@@ -2,12 +2,14 @@
 
 The loop is paced to the output rate on the monotonic clock and never waits for the camera:
 with no new driver frame it renders from the newest one it has (or idles), so the virtual
-camera keeps delivering frames whatever the input does.
+camera keeps delivering frames whatever the input does. Besides the sinks, every published
+frame goes to a FrameRelay (latest wins) that the web preview reads.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -15,8 +17,9 @@ from collections.abc import Callable
 import numpy as np
 
 from daemon.capture import Capture
+from daemon.config import MotionConfig
 from daemon.frames import CapturedFrame, DriverView, OutputFrame
-from daemon.generator import Generator
+from daemon.generator import Generator, letterbox
 from daemon.landmarks import LandmarkDetector, Landmarks
 from daemon.motion import Motion, MotionEstimator
 from daemon.sinks import SinkSet
@@ -25,6 +28,62 @@ from daemon.stats import RollingStats
 log = logging.getLogger(__name__)
 
 ERROR_LOG_INTERVAL_S = 10.0
+
+
+class FrameRelay:
+    """The newest frame, for any number of readers on other threads or event loops: latest
+    wins, nothing is queued, a reader slower than the writer skips frames. Readers either
+    wait on it (`wait_newer`) or register a callback that is told about each new frame."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._frame: OutputFrame | None = None
+        self._t_posted = -math.inf
+        self._listeners: list[Callable[[], None]] = []
+        self.frames_posted = 0
+
+    def post(self, frame: OutputFrame) -> None:
+        with self._cond:
+            self._frame, self._t_posted = frame, self._clock()
+            self.frames_posted += 1
+            self._cond.notify_all()
+            listeners = tuple(self._listeners)
+        for notify in listeners:
+            notify()
+
+    def latest(self, max_age_s: float | None = None) -> OutputFrame | None:
+        """The newest frame; None when there is none or it is older than `max_age_s`."""
+        with self._cond:
+            if max_age_s is not None and self._clock() - self._t_posted > max_age_s:
+                return None
+            return self._frame
+
+    def wait_newer(self, index: int, timeout_s: float) -> OutputFrame | None:
+        """The newest frame once its index is above `index`; None on timeout."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._frame is not None and self._frame.index > index, timeout_s
+            )
+            frame = self._frame
+        return frame if frame is not None and frame.index > index else None
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (on the posting thread; it must not block) after each new frame;
+        returns the function that stops it."""
+        with self._cond:
+            self._listeners.append(callback)
+
+        def stop() -> None:
+            with self._cond:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return stop
+
+    def clear(self) -> None:
+        with self._cond:
+            self._frame, self._t_posted = None, -math.inf
 
 
 class Pipeline:
@@ -94,10 +153,21 @@ class Pipeline:
         self._stats.record("motion", (time.perf_counter() - mid) * 1e3)
         return motion
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """Output (width, height)."""
+        return self._shape[1], self._shape[0]
+
     def calibrate(self) -> None:
         """Take the next tracked frame as the user's neutral face."""
         if self.estimator is not None:
             self.estimator.calibrate()
+
+    def reconfigure_motion(self, config: MotionConfig) -> None:
+        """New gains, smoothing and limits from the next frame on (the neutral is kept)."""
+        with self._lock:
+            if self.estimator is not None:
+                self.estimator.reconfigure(config)
 
     def set_generator(self, generator: Generator, width: int, height: int) -> None:
         with self._lock:
@@ -119,7 +189,13 @@ class Pipeline:
 
 class FrameLoop:
     """Publishes one frame per output period until stopped; the components can be swapped
-    between frames (config reload) by assigning `capture`, `pipeline` and `fps`."""
+    between frames (config reload) by assigning `capture`, `pipeline` and `fps`.
+
+    Each published frame goes to the sinks and to `relay`. While `external` holds a fresh
+    frame (a remote peer whose avatar is published, see daemon.remote), that frame is
+    published instead of the local pipeline's."""
+
+    EXTERNAL_STALE_S = 0.5
 
     def __init__(
         self,
@@ -138,6 +214,8 @@ class FrameLoop:
         self.stalled = threading.Event()  # test hook: the loop stops publishing while set
         self._last_image: np.ndarray | None = None
         self._last_error_log = -ERROR_LOG_INTERVAL_S
+        self.relay = FrameRelay(clock)
+        self.external: FrameRelay | None = None
 
     def run(self, stop: threading.Event) -> None:
         next_t = self._clock()
@@ -156,6 +234,9 @@ class FrameLoop:
 
     def step(self) -> OutputFrame | None:
         """Render and publish one frame; a failing stage repeats the last good frame."""
+        external = self.external.latest(self.EXTERNAL_STALE_S) if self.external else None
+        if external is not None:
+            return self._publish(self._fit(external.image), external.t_capture)
         driver = self.capture.latest()
         now = self._clock()
         if driver is not None:
@@ -169,9 +250,19 @@ class FrameLoop:
             image = self._last_image
             if image is None:
                 return None
+        return self._publish(image, driver.t_capture if driver else None)
+
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        width, height = self.pipeline.size
+        if image.shape[:2] == (height, width):
+            return image
+        return letterbox(image, width, height)
+
+    def _publish(self, image: np.ndarray, t_capture: float | None) -> OutputFrame:
         self._last_image = image
-        frame = OutputFrame(image, driver.t_capture if driver else None, self.frames_published)
+        frame = OutputFrame(image, t_capture, self.frames_published)
         self.sinks.post(frame)
+        self.relay.post(frame)
         self.frames_published += 1
         self.heartbeat = self._clock()
         self._stats.frame_published(self.heartbeat)

@@ -2,22 +2,33 @@
 
 Signal handlers only record the signal; the supervising main thread acts on it. The frame
 loop runs on its own thread, so a stalled loop is visible to the watchdog (no WATCHDOG=1 is
-sent unless frames are really flowing) while SIGTERM is still handled within a second.
+sent unless frames are really flowing) while SIGTERM is still handled within a second. The
+web page and WebRTC endpoint (daemon.web) run an asyncio loop on a third thread; live changes
+from it go through `update_settings`/`apply`, serialised with reloads by one lock.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from daemon.capture import Capture
-from daemon.config import DEFAULT_LABEL, Config, VirtualCamSinkConfig, find_config_path, load_config
+from daemon.config import (
+    DEFAULT_LABEL,
+    Config,
+    VirtualCamSinkConfig,
+    find_config_path,
+    load_config,
+    runtime_file_path,
+    validate_config,
+)
 from daemon.errors import AvatarError, ConfigError
 from daemon.generator import Generator, build_generator
 from daemon.landmarks import build_landmarks
@@ -28,11 +39,16 @@ from daemon.sinks import SinkSet
 from daemon.stats import RollingStats
 from daemon.v4l2 import SYSFS_ROOT
 
+if TYPE_CHECKING:
+    from daemon.web import WebServer
+
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 2.0
 SUPERVISE_TICK_S = 0.1
+SHUTDOWN_WAIT_S = 0.4  # the longest SIGTERM waits for stuck threads (systemd: within 1 s)
 TEST_HOOKS_ENV = "TALKING_HEAD_CAM_TEST_HOOKS"
+LIVE_SECTIONS = ("motion", "generator", "avatar")  # what the web page may change live
 
 
 def own_labels(config: Config) -> tuple[str, ...]:
@@ -70,8 +86,7 @@ def build_pipeline(
 
 def pid_file_path(env: Mapping[str, str] = os.environ) -> Path:
     """Where the running daemon leaves its PID, for `talking-head-cam calibrate`."""
-    runtime = env.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return Path(runtime) / f"talking-head-cam-{os.getuid()}.pid"
+    return runtime_file_path(".pid", env)
 
 
 def write_pid_file() -> Path | None:
@@ -90,6 +105,36 @@ def remove_pid_file(path: Path | None) -> None:
             path.unlink()
     except OSError:
         pass
+
+
+def write_web_file(url: str) -> Path | None:
+    """Leave the URL of the web API for the CLI (exact, even with web.port 0)."""
+    path = runtime_file_path(".web.json")
+    try:
+        path.write_text(json.dumps({"pid": os.getpid(), "url": url}) + "\n")
+    except OSError as exc:
+        log.warning("cannot write %s (%s); the CLI will use the config's web address", path, exc)
+        return None
+    return path
+
+
+def remove_web_file(path: Path | None) -> None:
+    try:
+        if path is not None and json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `patch` laid over it, mappings merged key by key."""
+    merged = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 class Daemon:
@@ -120,8 +165,13 @@ class Daemon:
         self._loop_stop = threading.Event()
         self.sinks = SinkSet(self.stats, sysfs_root)
         self.loop: FrameLoop | None = None
+        self.web: WebServer | None = None
+        self._apply_lock = threading.RLock()
+        self._web_file: Path | None = None
+        self._pid_file: Path | None = None
         self._ready_sent = False
         self._last_status = ""
+        self.started_at = time.time()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -140,11 +190,13 @@ class Daemon:
         capture = self._start_capture(self.config)
         self.sinks.configure(self.config.sinks, self.config.output)
         self.loop = FrameLoop(capture, pipeline, self.sinks, self.config.output.fps, self.stats)
+        self._start_web(self.config)
         thread = threading.Thread(
             target=self.loop.run, args=(self._loop_stop,), name="frame-loop", daemon=True
         )
         thread.start()
         last_watchdog = last_status = float("-inf")
+        last_health: tuple[object, ...] = ()
         try:
             while not self._stop_requested:
                 self._wake.wait(SUPERVISE_TICK_S)
@@ -157,6 +209,8 @@ class Daemon:
                     self.loop.pipeline.calibrate()
                     log.info("calibration requested: the next tracked frame is the neutral face")
                 self._apply_test_hooks()
+                self.loop.capture.check_stalled()
+                self.sinks.check_stalled()
                 now = time.monotonic()
                 if not self._ready_sent and self.loop.first_frame.is_set():
                     self._ready_sent = True
@@ -165,8 +219,11 @@ class Daemon:
                 if self._watchdog_due(now, last_watchdog) and self.frames_flowing(now):
                     self._notifier.watchdog()
                     last_watchdog = now
-                if now - last_status >= STATUS_INTERVAL_S:
-                    last_status = now
+                health = self._health(now)
+                if self._ready_sent and (
+                    now - last_status >= STATUS_INTERVAL_S or health != last_health
+                ):
+                    last_status, last_health = now, health  # a state change: at once
                     self._send_status()
         finally:
             self._shutdown(thread)
@@ -189,10 +246,19 @@ class Daemon:
         started = time.monotonic()
         self._notifier.stopping()
         self._loop_stop.set()
-        thread.join(0.3)
+        if self.loop is not None:  # every thread is told first, then all are waited for
+            self.loop.capture.request_stop()
+        self.sinks.request_stop()
+        self._stop_web()
+        deadline = time.monotonic() + SHUTDOWN_WAIT_S  # however many are stuck
+
+        def wait_s(most_s: float) -> float:
+            return max(0.0, min(most_s, deadline - time.monotonic()))
+
+        thread.join(wait_s(0.3))
         if self.loop is not None:
-            self.loop.capture.close(0.2)
-        self.sinks.close(0.3)
+            self.loop.capture.close(wait_s(0.2))
+        self.sinks.close(wait_s(0.3))
         if self.loop is not None and not thread.is_alive():
             self.loop.pipeline.close()
         remove_pid_file(self._pid_file)
@@ -240,6 +306,12 @@ class Daemon:
         now = time.monotonic() if now is None else now
         return now - self.loop.heartbeat < max(1.0, 5.0 / self.loop.fps)
 
+    def _health(self, now: float) -> tuple[object, ...]:
+        """The states STATUS reports at once when they change (fps only every few seconds)."""
+        assert self.loop is not None
+        sinks = tuple(s.state for s in self.sinks.statuses())
+        return self.loop.capture.state, self.frames_flowing(now), sinks
+
     def status_line(self) -> str:
         loop = self.loop
         if loop is None:
@@ -250,7 +322,56 @@ class Daemon:
             state = "stalled"
         sinks = ", ".join(f"{s.name} {s.state}" for s in self.sinks.statuses())
         face = loop.pipeline.motion.state
-        return f"{state}; face {face}; {self.stats.fps():.1f} fps; sinks: {sinks or 'none'}"
+        line = f"{state}; face {face}; {self.stats.fps():.1f} fps; sinks: {sinks or 'none'}"
+        if self.web is not None and self.web.url:
+            line += f"; web {self.web.url}"
+        return line
+
+    def status(self) -> dict[str, Any]:
+        """Everything the web page and `talking-head-cam status` show, JSON-ready."""
+        loop = self.loop
+        now = time.monotonic()
+        state = "starting"
+        capture: dict[str, Any] = {}
+        face = "idle"
+        if loop is not None:
+            capture = {
+                "source": str(loop.capture.spec),
+                "state": loop.capture.state,
+                "detail": loop.capture.detail,
+            }
+            state = "live" if loop.capture.state == "streaming" else "idle"
+            if loop.external is not None and loop.external.latest(loop.EXTERNAL_STALE_S):
+                state = "remote"
+            if not self.frames_flowing(now):
+                state = "stalled"
+            face = loop.pipeline.motion.state
+        return {
+            "pid": os.getpid(),
+            "state": state,
+            "line": self.status_line(),
+            "face": face,
+            "fps": round(self.stats.fps(), 2),
+            "frames_published": loop.frames_published if loop else 0,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "output": self.config.output.model_dump(),
+            "avatar": self.config.avatar.image,
+            "camera": capture,
+            "sinks": [
+                {
+                    "name": s.name,
+                    "state": s.state,
+                    "detail": s.detail,
+                    "frames_written": s.frames_written,
+                    "frames_dropped": s.frames_dropped,
+                }
+                for s in self.sinks.statuses()
+            ],
+            "stages_ms": {
+                name: {"median": round(v.median_ms, 2), "p95": round(v.p95_ms, 2), "n": v.count}
+                for name, v in self.stats.summary().items()
+            },
+        }
 
     def _send_status(self) -> None:
         line = self.status_line()
@@ -273,33 +394,95 @@ class Daemon:
             log.error("reload rejected: keeping the current config")
             self._notifier.ready(f"reload rejected (see log); {self.status_line()}")
             return False
+        except Exception:  # a bug must not take the camera down with it
+            log.exception("reload failed unexpectedly; running on with what was applied")
+            self._notifier.ready(f"reload failed (see log); {self.status_line()}")
+            return False
         log.info("reloaded %s: %s", path, ", ".join(applied) or "no changes")
         self._notifier.ready(self.status_line())
         return True
 
     def apply(self, new: Config) -> list[str]:
         """Swap in what changed, keep the rest running (an unchanged virtual camera stays open).
-        Raises AvatarError before touching anything when the new avatar cannot be loaded."""
-        old, loop = self.config, self.loop
-        assert loop is not None
-        changed = [name for name in Config.model_fields if getattr(old, name) != getattr(new, name)]
-        pipeline = loop.pipeline
-        if {"avatar", "output", "generator"} & set(changed):
-            pipeline.set_generator(build_generator(new), new.output.width, new.output.height)
-        if "tracking" in changed:
-            pipeline.set_detector(build_landmarks(new.tracking))
-        if "motion" in changed and pipeline.estimator is not None:
-            pipeline.estimator.reconfigure(new.motion)
-        if "capture" in changed or own_labels(old) != own_labels(new):
-            loop.capture.close(0.2)
-            loop.capture = self._start_capture(new)
-        if {"sinks", "output"} & set(changed):
-            self.sinks.configure(new.sinks, new.output)
-        loop.fps = new.output.fps
-        if "log_level" in changed:
-            logging.getLogger().setLevel(new.log_level.upper())
-        self.config = new
+        Raises AvatarError before touching anything when the new avatar cannot be loaded.
+        Safe to call from any thread; a change of the `web` section (which restarts the web
+        server) only from the main thread."""
+        with self._apply_lock:
+            old, loop = self.config, self.loop
+            assert loop is not None
+            changed = [n for n in Config.model_fields if getattr(old, n) != getattr(new, n)]
+            pipeline = loop.pipeline
+            if {"avatar", "output", "generator"} & set(changed):
+                pipeline.set_generator(build_generator(new), new.output.width, new.output.height)
+            if "tracking" in changed:
+                pipeline.set_detector(build_landmarks(new.tracking))
+            if "motion" in changed:
+                pipeline.reconfigure_motion(new.motion)
+            if "capture" in changed or own_labels(old) != own_labels(new):
+                loop.capture.close(0.2)
+                loop.capture = self._start_capture(new)
+            if {"sinks", "output"} & set(changed):
+                self.sinks.configure(new.sinks, new.output)
+            loop.fps = new.output.fps
+            if "log_level" in changed:
+                logging.getLogger().setLevel(new.log_level.upper())
+            self.config = new
+            if "web" in changed:
+                self._stop_web()
+                self._start_web(new)
+            elif self.web is not None and changed:
+                self.web.config_changed(new, changed)
+            return changed
+
+    def update_settings(self, patch: Mapping[str, Any], source: str = "web API") -> list[str]:
+        """Lay `patch` (a partial config of the LIVE_SECTIONS) over the running config,
+        validate it like a file and apply it. Raises ConfigError (nothing changed) or
+        AvatarError. The change lasts until the next reload or restart."""
+        unknown = sorted(set(patch) - set(LIVE_SECTIONS))
+        if unknown:
+            raise ConfigError(
+                source,
+                [
+                    f"{key}: cannot be changed live (only {', '.join(LIVE_SECTIONS)}); "
+                    "edit the config file and reload"
+                    for key in unknown
+                ],
+            )
+        with self._apply_lock:
+            new = validate_config(merge(self.config.model_dump(), patch), source)
+            changed = self.apply(new)
+        if changed:
+            log.info("%s changed %s", source, ", ".join(changed))
         return changed
+
+    # ------------------------------------------------------------ web
+
+    def _start_web(self, config: Config) -> None:
+        if not config.web.enabled or self.loop is None:
+            return
+        from daemon.web import WebServer
+
+        web = WebServer(self, config.web, test_hooks=self._test_hooks)
+        try:
+            web.start()
+        except OSError as exc:  # the camera matters more than the page: keep running
+            log.error(
+                "web: cannot listen on %s:%d (%s); the page and WebRTC are off. Choose "
+                "another web.port (or stop what uses it) and reload",
+                config.web.bind,
+                config.web.port,
+                exc.strerror or exc,
+            )
+            return
+        self.web = web
+        self._web_file = write_web_file(web.url)
+
+    def _stop_web(self) -> None:
+        web, self.web = self.web, None
+        if web is not None:
+            web.stop(0.3)
+        remove_web_file(self._web_file)
+        self._web_file = None
 
     def _start_capture(self, config: Config) -> Capture:
         return Capture(

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from daemon.config import (
+    FaultSinkConfig,
     FileSinkConfig,
     NullSinkConfig,
     OutputConfig,
@@ -37,6 +38,7 @@ from daemon.v4l2 import (
     list_video_devices,
     loopback_module_loaded,
     restore_output_caps,
+    set_frame_rate,
 )
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ MODPROBE_HINT = (
     'sudo modprobe v4l2loopback devices=1 video_nr=10 card_label="Talking Head Cam" '
     "exclusive_caps=1"
 )
-SinkState = Literal["opening", "ok", "failed", "closed"]
+SinkState = Literal["opening", "ok", "stalled", "failed", "closed"]
+STALL_S = 1.0  # a write blocked for longer than this: the sink counts as stalled
 
 
 class Sink(Protocol):
@@ -155,6 +158,8 @@ class VirtualCamSink:
                     f"cannot open {node}: {again}; reload the module: "
                     f"sudo modprobe -r v4l2loopback && {MODPROBE_HINT}"
                 ) from None
+        if not set_frame_rate(node, self.output.fps):
+            log.warning("%s: %s did not take the rate %g fps", self.name, node, self.output.fps)
         self.device = node
 
     def _open_camera(self, node: str):
@@ -243,6 +248,10 @@ def build_sink(config: SinkConfig, output: OutputConfig, sysfs_root: Path = SYSF
         return VirtualCamSink(config, output, sysfs_root)
     if isinstance(config, FileSinkConfig):
         return FileSink(config, output)
+    if isinstance(config, FaultSinkConfig):  # test support only, see daemon/faults.py
+        from daemon.faults import FaultSink
+
+        return FaultSink(config, output)
     return NullSink(config, output)
 
 
@@ -260,7 +269,9 @@ class SinkStatus:
 
 class SinkWorker:
     """Runs one sink on its own thread: opens it (retrying with backoff), writes the newest
-    frame, reopens after a failure. A failure is logged once per state change."""
+    frame, reopens after a failure (with the same backoff). A failure is logged once per
+    state change: a sink that reopens fine but keeps failing to write stays `failed` until
+    a write succeeds. A write blocked for over STALL_S shows as `stalled` (check_stalled)."""
 
     def __init__(
         self, sink: Sink, config: SinkConfig, stats: RollingStats, retry_max_s: float = 5.0
@@ -274,13 +285,15 @@ class SinkWorker:
         self.detail = ""
         self.frames_written = 0
         self.frames_dropped = 0
+        self._write_started: float | None = None  # monotonic time of the write in progress
+        self._ok_detail = "publishing"
         self._thread = threading.Thread(target=self._run, name=f"sink:{sink.name}", daemon=True)
         self._thread.start()
 
     def post(self, frame: OutputFrame) -> None:
         """Hand over the newest frame; an unwritten older one is dropped (and counted)."""
         with self._cond:
-            if self._pending is not None and self.state == "ok":
+            if self._pending is not None and self.state in ("ok", "stalled"):
                 self.frames_dropped += 1
             self._pending = frame
             self._cond.notify()
@@ -289,6 +302,19 @@ class SinkWorker:
         return SinkStatus(
             self.sink.name, self.state, self.detail, self.frames_written, self.frames_dropped
         )
+
+    def check_stalled(self, now: float | None = None) -> bool:
+        """Called by the supervisor: a write blocked for over STALL_S turns `ok` into
+        `stalled` (logged once); the write's return turns it back."""
+        now = time.monotonic() if now is None else now
+        with self._cond:
+            started = self._write_started
+            if self.state == "ok" and started is not None and now - started > STALL_S:
+                self._set_state(
+                    "stalled",
+                    f"a write has been blocked for over {STALL_S:g} s; newer frames are dropped",
+                )
+            return self.state == "stalled"
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -304,16 +330,24 @@ class SinkWorker:
     def _run(self) -> None:
         first_retry_s = min(0.5, self._retry_max_s)
         retry_s = first_retry_s
+        is_open = False
         try:
             while not self._stop.is_set():
-                if self.state != "ok" and not self._try_open():
+                if not is_open:
+                    is_open = self._try_open()
+                    if not is_open:
+                        self._stop.wait(retry_s)
+                        retry_s = min(retry_s * 2, self._retry_max_s)
+                        continue
+                frame = self._take()
+                if frame is None:
+                    continue
+                if self._write(frame):
+                    retry_s = first_retry_s
+                else:  # closed after a failed write: reopen after a pause, not at once
+                    is_open = False
                     self._stop.wait(retry_s)
                     retry_s = min(retry_s * 2, self._retry_max_s)
-                    continue
-                retry_s = first_retry_s
-                frame = self._take()
-                if frame is not None:
-                    self._write(frame)
         finally:
             self._close_sink()
             self.state = "closed"
@@ -327,7 +361,9 @@ class SinkWorker:
             self._close_sink()
             return False
         where = getattr(self.sink, "device", None)
-        self._set_state("ok", f"publishing to {where}" if where else "publishing")
+        self._ok_detail = f"publishing to {where}" if where else "publishing"
+        if self.state != "failed":  # after a failure, `ok` waits for a write that works
+            self._set_state("ok", self._ok_detail)
         return True
 
     def _take(self) -> OutputFrame | None:
@@ -336,16 +372,25 @@ class SinkWorker:
             frame, self._pending = self._pending, None
         return frame
 
-    def _write(self, frame: OutputFrame) -> None:
+    def _write(self, frame: OutputFrame) -> bool:
         start = time.perf_counter()
+        with self._cond:
+            self._write_started = time.monotonic()
         try:
             self.sink.write(frame.image)
         except Exception as exc:
-            self._set_state("failed", f"write failed ({type(exc).__name__}: {exc}); reopening")
+            with self._cond:
+                self._write_started = None
+                self._set_state("failed", f"write failed ({type(exc).__name__}: {exc}); reopening")
             self._close_sink()
-            return
+            return False
         self._stats.record(f"sink:{self.sink.name}", (time.perf_counter() - start) * 1e3)
-        self.frames_written += 1
+        with self._cond:
+            self._write_started = None
+            self.frames_written += 1
+            if self.state != "ok":  # recovered (from a failure or a stall)
+                self._set_state("ok", self._ok_detail)
+        return True
 
     def _close_sink(self) -> None:
         try:
@@ -357,7 +402,7 @@ class SinkWorker:
         changed = (state, detail) != (self.state, self.detail)
         self.state, self.detail = state, detail
         if changed:
-            level = logging.ERROR if state == "failed" else logging.INFO
+            level = {"failed": logging.ERROR, "stalled": logging.WARNING}.get(state, logging.INFO)
             log.log(level, "%s: %s", self.sink.name, detail)
 
 
@@ -401,9 +446,21 @@ class SinkSet:
     def statuses(self) -> list[SinkStatus]:
         return [w.status() for w in self._workers]
 
+    def check_stalled(self) -> None:
+        """The supervisor's periodic look for sinks blocked in a write (see SinkWorker)."""
+        now = time.monotonic()
+        for worker in self._workers:
+            worker.check_stalled(now)
+
+    def request_stop(self) -> None:
+        """Tell every worker to stop (close() then waits for them)."""
+        for worker in self._workers:
+            worker.request_stop()
+
     def close(self, timeout_s: float = 0.5) -> None:
         workers, self._workers = self._workers, ()
         for worker in workers:  # all stop together, so the total wait stays one timeout
             worker.request_stop()
+        deadline = time.monotonic() + timeout_s  # shared: two stuck sinks wait once, not twice
         for worker in workers:
-            worker.close(timeout_s)
+            worker.close(max(0.0, deadline - time.monotonic()))

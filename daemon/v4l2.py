@@ -12,6 +12,7 @@ import logging
 import os
 import struct
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -21,11 +22,13 @@ SYSFS_ROOT = Path("/sys")  # device nodes are in the sibling folder: /dev (a tes
 # <linux/videodev2.h>
 VIDIOC_QUERYCAP = 0x80685600  # _IOR('V', 0, struct v4l2_capability), 104 bytes
 VIDIOC_STREAMON = 0x40045612  # _IOW('V', 18, int)
+VIDIOC_S_PARM = 0xC0CC5616  # _IOWR('V', 22, struct v4l2_streamparm), 204 bytes
 V4L2_BUF_TYPE_VIDEO_OUTPUT = 2
 V4L2_CAP_VIDEO_CAPTURE = 0x00000001
 V4L2_CAP_VIDEO_OUTPUT = 0x00000002
 V4L2_CAP_DEVICE_CAPS = 0x80000000
 _CAPABILITY = struct.Struct("16s32s32sIII3I")
+_STREAMPARM_SIZE = 204
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,34 @@ def restore_output_caps(node: str) -> bool:
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             log.debug("restore_output_caps(%s): STREAMON: %s", node, exc)
+    finally:
+        os.close(fd)
+    return True
+
+
+def set_frame_rate(node: str, fps: float) -> bool:
+    """Announce `fps` to the readers of a v4l2loopback device.
+
+    pyvirtualcam sets only the format, so readers (Chrome, ffmpeg) see v4l2loopback's default
+    30 fps whatever the writer sends; VIDIOC_S_PARM sets the frame interval they read back.
+    Returns whether the device took it.
+    """
+    rate = Fraction(fps).limit_denominator(1001)
+    buf = bytearray(_STREAMPARM_SIZE)
+    # type, then v4l2_outputparm: capability, outputmode, timeperframe (seconds per frame)
+    struct.pack_into(
+        "5I", buf, 0, V4L2_BUF_TYPE_VIDEO_OUTPUT, 0, 0, rate.denominator, rate.numerator
+    )
+    try:
+        fd = os.open(node, os.O_RDWR | os.O_NONBLOCK)
+    except OSError as exc:
+        log.debug("set_frame_rate(%s): cannot open: %s", node, exc)
+        return False
+    try:
+        fcntl.ioctl(fd, VIDIOC_S_PARM, buf)
+    except OSError as exc:
+        log.debug("set_frame_rate(%s): S_PARM: %s", node, exc)
+        return False
     finally:
         os.close(fd)
     return True

@@ -25,8 +25,6 @@ FILE_FPS = 100.0  # the files' own rate: Capture paces to it, so a pass over 12 
 FILE_FRAMES = 12
 
 
-
-
 def capture_threads(capture: Capture) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == f"capture:{capture.spec}"]
 

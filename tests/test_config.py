@@ -43,7 +43,7 @@ def test_unknown_keys_name_the_valid_ones(tmp_path):
         "capture.sorce: unknown key; valid keys here: fps, height, loop, retry_max_s, source, "
         "width (line 2)",
         "outptu: unknown key; valid keys here: avatar, capture, generator, log_level, motion, "
-        "output, sinks, tracking (line 1)",
+        "output, sinks, tracking, web (line 1)",
     ]
 
 

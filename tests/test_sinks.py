@@ -40,8 +40,6 @@ WIDTH, HEIGHT = 320, 240
 OUTPUT = OutputConfig(width=WIDTH, height=HEIGHT, fps=25)
 
 
-
-
 @pytest.fixture
 def frame(face_image: np.ndarray) -> np.ndarray:
     """A real face at the (even) output size."""
