@@ -33,12 +33,11 @@ def face_image() -> np.ndarray:
 @pytest.fixture(scope="session")
 def other_face() -> np.ndarray:
     """A second real face, used as the *camera* so it can never be mistaken for the avatar:
-    a dev-data avatar when ../shared/data is there, else a mirrored, recoloured Grace Hopper."""
-    path = SHARED_DATA / "avatars" / "photo_woman_neutral.png"
-    if path.is_file():
-        return cv2.imread(str(path))
-    hopper = load_avatar("default")
-    return cv2.applyColorMap(cv2.cvtColor(hopper[:, ::-1], cv2.COLOR_BGR2GRAY), cv2.COLORMAP_JET)
+    scikit-image's astronaut (it ships with the package: the same face with or without
+    ../shared/data)."""
+    from skimage import data
+
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
 
 
 def wait_until(predicate, timeout_s: float = 5.0) -> bool:
