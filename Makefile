@@ -27,7 +27,7 @@ test: install
 	$(BIN)/python -m pytest -q --ignore=tests/e2e
 
 # Only the end-to-end tests in a QEMU guest (tests/e2e): the real v4l2loopback module and
-# systemd as PID 1; about 7 min without KVM. `make test` runs them too when it can (skips
+# systemd as PID 1; about 8 min without KVM. `make test` runs them too when it can (skips
 # with the reason when not); here a guest that cannot be built is an error.
 .PHONY: e2e
 e2e: install

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 2.0
 SUPERVISE_TICK_S = 0.1
-SHUTDOWN_WAIT_S = 0.4  # the longest SIGTERM waits for stuck threads (systemd: within 1 s)
+SHUTDOWN_WAIT_S = 0.3  # the longest SIGTERM waits for stuck threads (systemd: within 1 s)
 TEST_HOOKS_ENV = "TALKING_HEAD_CAM_TEST_HOOKS"
 LIVE_SECTIONS = ("motion", "generator", "avatar")  # what the web page may change live
 

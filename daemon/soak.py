@@ -737,21 +737,23 @@ def write_report(result: SoakResult, out: Path, name: str = "soak") -> Path:
         ),
         (
             "open fds",
-            f"{first.fds} → {last.fds} (max {max(s.fds for s in result.samples)}); "
+            f"{first.fds} → {last.fds} (max {max(s.fds for s in result.samples)}, slope "
+            f"{result.slope_per_1e4('fds'):+.3f} per 10^4 frames); "
             f"before start {result.baseline[1]}, after stop {result.after[1]}"
             if first
             else "-",
         ),
         (
             "threads (Python)",
-            f"{first.threads} → {last.threads}; before start "
-            f"{result.baseline[2]}, after stop {result.after[2]}"
+            f"{first.threads} → {last.threads} (slope {result.slope_per_1e4('threads'):+.3f} "
+            f"per 10^4 frames); before start {result.baseline[2]}, after stop {result.after[2]}"
             if first
             else "-",
         ),
         (
             "threads (native)",
-            f"{first.native_threads} → {last.native_threads}; before start "
+            f"{first.native_threads} → {last.native_threads} (slope "
+            f"{result.slope_per_1e4('native_threads'):+.3f} per 10^4 frames); before start "
             f"{result.baseline[3]}, after stop {result.after[3]}"
             if first
             else "-",
@@ -796,6 +798,12 @@ def write_report(result: SoakResult, out: Path, name: str = "soak") -> Path:
         "## Over time",
         "",
         *(f"![{p.stem}]({p.name})" for p in plots),
+        "",
+        "## Per-stage latency at the end (the daemon's own statistics, last 300 frames)",
+        "",
+        "```",
+        result.stages,
+        "```",
         "",
     ]
     if problems:

@@ -290,15 +290,17 @@ def rate_recorder(tmp_path: Path) -> tuple[str, Path]:
 
 
 def assert_steady(record: Path, since: float, fps: float = FPS) -> None:
-    """From `since` (CLOCK_MONOTONIC, as in the daemon) on, no gap over 4 periods and every
-    whole second ≥ 85% of the rate: faults never stopped or slowed the frame loop."""
+    """From `since` (CLOCK_MONOTONIC, as in the daemon) on, no gap over 8 periods and every
+    whole second ≥ 75% of the rate: faults never stopped or slowed the frame loop (a loop
+    that waited for a reopen or a reload would show a gap of 0.3 s or more; the margins are
+    for a busy 2-core machine)."""
     times = np.loadtxt(record, ndmin=1)
     times = times[times >= since]
     assert times.size > fps, times.size
     gaps = np.diff(times)
     per_second = np.histogram(times, np.arange(times[0], times[-1], 1.0))[0]
-    assert gaps.max() < 4 / fps, f"a {gaps.max():.3f} s gap in the published frames"
-    assert per_second.min() >= 0.85 * fps, per_second
+    assert gaps.max() < 8 / fps, f"a {gaps.max():.3f} s gap in the published frames"
+    assert per_second.min() >= 0.75 * fps, per_second
 
 
 def frames_and_rate(daemon, notify: NotifySocket, ready: int) -> tuple[int, float]:

@@ -1,10 +1,10 @@
 """In the guest (test A): the daemon publishes to the real v4l2loopback device, ffmpeg reads.
 
-Run as root in the chroot init.sh sets up. /e2e/plan.json names the configs (one per pixel
-format, written by the host test). For each format the daemon is started, its READY awaited,
-frames read back, and it is stopped; then the first config is started once more, because
-v4l2loopback 0.12.7 gets stuck after a writer closes and the daemon must recover from it.
-Writes /e2e/results.json; the host test judges the frames and the formats.
+Run as root in the chroot init.sh sets up. /e2e/plan.json lists the phases, each a config
+written by the host test; per phase the daemon is started, its READY awaited, frames read
+back, and it is stopped. Every start after the first meets the device v4l2loopback 0.12.7
+leaves stuck when a writer closes, which the daemon must recover from. Writes
+/e2e/results.json; the host test judges the frames, formats and rates.
 """
 
 from __future__ import annotations

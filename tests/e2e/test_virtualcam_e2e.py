@@ -3,7 +3,8 @@
 One guest boot (QEMU, see guest.py) runs guest_virtualcam.py: the daemon, with a real config
 and `device: auto`, publishes the avatar while its camera plays a video of another person;
 ffmpeg in the guest reads the device as any V4L2 client would. Per pixel format (I420,
-YUYV), then once more after a stop (v4l2loopback 0.12.7 gets stuck after a writer closes).
+YUYV), once more after a stop (v4l2loopback 0.12.7 gets stuck after a writer closes), and
+once with no camera at all (nothing slows the frame loop: the rate is measured exactly).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ WITH_CAMERA = [name for name, (_, camera) in PHASES.items() if camera.endswith("
 # holds the loop up, so with a face on camera only the pacing between stalls is checked.
 RATE_TOLERANCE = 0.1
 RATE_TOLERANCE_BETWEEN_STALLS = 0.2
+MEAN_RATE_TOLERANCE = 0.2  # a busy host slows the guest's vCPUs, not its clock
 
 
 class GuestRun:
@@ -141,7 +143,7 @@ def test_frames_arrive_at_the_configured_rate(run, phase):
         assert paced == pytest.approx(FPS, rel=RATE_TOLERANCE_BETWEEN_STALLS)
     else:
         assert paced == pytest.approx(FPS, rel=RATE_TOLERANCE)
-        assert capture.mean_fps == pytest.approx(FPS, rel=RATE_TOLERANCE)
+        assert capture.mean_fps == pytest.approx(FPS, rel=MEAN_RATE_TOLERANCE)
 
 
 def test_a_restarted_daemon_recovers_the_stuck_device(run):
