@@ -51,7 +51,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     setup_logging(config.log_level)
-    return Daemon(config, args.config).run()
+    code = Daemon(config, args.config).run()
+    # Everything is closed by now: skip the interpreter's teardown (native graphs' destructors
+    # and finalizers), so a SIGTERM ends the process well within systemd's second.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
