@@ -33,6 +33,7 @@ UNIT_BINARY = "usr/local/bin/talking-head-cam"  # where the unit's ExecStart loo
 CONFIG_DIR = "etc/talking-head-cam"
 FRAMES = 30
 BOOT_TIMEOUT_S = 1200
+START_TIMEOUT_S = 240  # the unit's 90 s is for real hardware
 VIDEO_GID = 44  # Debian's `video` group
 # Where the unit hides the file system (ProtectHome=, PrivateTmp=): an interpreter, venv or
 # checkout there would be invisible to the service, on this host only.
@@ -47,14 +48,16 @@ def hidden_paths(paths: list[Path]) -> list[Path]:
 
 
 def unit_dropin() -> str:
-    """The test's additions to the unit: the stall hook (SIGUSR2, see daemon/service.py) and
-    the sandbox probe; and, only where this host keeps Python or the checkout somewhere
-    the unit hides, those paths shown read-only (home directories as an empty tmpfs)."""
+    """The test's additions to the unit: the stall hook (SIGUSR2, see daemon/service.py), the
+    sandbox probe, more time to start (a cold start under emulation takes 30-90 s); and, only
+    where this host keeps Python or the checkout somewhere the unit hides, those paths shown
+    read-only (home directories as an empty tmpfs)."""
     lines = [
         "# Test-only, written by tests/e2e/test_systemd_e2e.py",
         "[Service]",
         "Environment=TALKING_HEAD_CAM_TEST_HOOKS=1",
         f"ExecStartPost={sys.executable} {E2E_DIR / 'guest_probe.py'}",
+        f"TimeoutStartSec={START_TIMEOUT_S}",
     ]
     needed = [sys.base_prefix, sys.prefix, str(REPO), *sys.path]
     hidden = hidden_paths([Path(p).resolve() for p in needed if p and Path(p).is_dir()])
