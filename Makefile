@@ -27,17 +27,17 @@ test: install
 	$(BIN)/python -m pytest -q --ignore=tests/e2e
 
 # Only the end-to-end tests in a QEMU guest (tests/e2e): the real v4l2loopback module and
-# systemd as PID 1; about 8 min without KVM. `make test` runs them too when it can (skips
-# with the reason when not); here a guest that cannot be built is an error.
+# systemd as PID 1; about 8 min without KVM. A guest that cannot be built is an error here
+# (plain pytest skips them with the reason).
 .PHONY: e2e
 e2e: install
 	THC_E2E_REQUIRED=1 $(BIN)/python -m pytest -q tests/e2e
 
 # The long soak: the whole daemon for 100,000 frames with every kind of fault in turn (about
 # 20 min on 2 cores) → reports/soak.md with plots; exits 1 when unhealthy. The short form
-# runs in `make test`. Options: python -m daemon.soak --help
+# runs in `make test`. MALLOC_ARENA_MAX as the systemd units set it. Options: --help
 soak: install
-	$(BIN)/python -m daemon.soak --frames 100000 --out reports
+	MALLOC_ARENA_MAX=2 $(BIN)/python -m daemon.soak --frames 100000 --out reports
 
 # Per-stage latency, loop fps and CPU use (default and 1 OpenCV thread), the daemon paced at
 # the output rate, our warp vs scikit-image's; about 30 s. Options: talking-head-cam bench --help

@@ -714,6 +714,11 @@ def write_report(result: SoakResult, out: Path, name: str = "soak") -> Path:
             "(the pipeline's own speed when slower)",
         ),
         ("camera", result.camera),
+        (
+            "malloc arenas",
+            f"MALLOC_ARENA_MAX={os.environ.get('MALLOC_ARENA_MAX', 'unset (glibc: 8 per core)')}"
+            " (the systemd units set 2)",
+        ),
         ("faults injected", f"{sum(result.faults.values())}"),
         ("recoveries", f"{sum(result.recoveries.values())}"),
         (
