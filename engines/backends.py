@@ -47,7 +47,7 @@ def _probe_torch() -> BackendReport:
         torch = importlib.import_module("torch")
     except ImportError:
         return BackendReport(
-            "cuda", False, "torch is not installed (pip install 'talking-head-cam[torch]')"
+            "cuda", False, "torch is not installed (pip install 'talking-head-cam[engines]')"
         )
     if not torch.cuda.is_available():
         return BackendReport("cuda", False, f"torch {torch.__version__} sees no CUDA device")
