@@ -396,6 +396,18 @@ class Config(Section):
         description="where the avatar video goes; several at once, each picked by its type",
     )
     web: WebConfig = Field(default_factory=WebConfig)
+    engines: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        "auto",
+        description="where the per-frame networks run: auto (the best this machine offers: "
+        "tensorrt, else cuda, else cpu; the choice and why are logged at start), cpu "
+        "(MediaPipe + OpenCV), cuda (torch on an NVIDIA GPU) or tensorrt (engines built from "
+        "ONNX on first use, then cached); `talking-head-cam doctor` shows what is available",
+    )
+    engine_cache_dir: str | None = Field(
+        None,
+        description="where built TensorRT engines are kept "
+        "(null: $XDG_CACHE_HOME/talking-head-cam/engines)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="daemon log level (the log goes to stderr, i.e. journald)"
     )
@@ -546,6 +558,7 @@ def resolve_paths(config: Config, base: Path) -> Config:
     web = config.web
     if web.avatars_dir:
         web = web.model_copy(update={"avatars_dir": absolute(web.avatars_dir)})
+    engine_cache = absolute(config.engine_cache_dir) if config.engine_cache_dir else None
     return config.model_copy(
         update={
             "capture": capture,
@@ -553,6 +566,7 @@ def resolve_paths(config: Config, base: Path) -> Config:
             "sinks": sinks,
             "generator": generator,
             "web": web,
+            "engine_cache_dir": engine_cache,
         }
     )
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from daemon.config import VirtualCamSinkConfig, find_config_path, load_config
-from daemon.errors import ConfigError
+from daemon.config import Config, VirtualCamSinkConfig, find_config_path, load_config
+from daemon.errors import ConfigError, EngineUnavailable
 from daemon.sinks import MODPROBE_HINT
 from daemon.v4l2 import (
     SYSFS_ROOT,
@@ -24,7 +24,9 @@ from daemon.v4l2 import (
     loopback_parameter,
     loopback_version,
 )
-from engines.backends import probe_accelerators
+from engines.backends import AcceleratorReport, probe_accelerators
+from engines.select import choose_engines
+from engines.tensorrt_runtime import EngineRecord, engine_cache_dir, list_cached_engines
 
 Status = Literal["ok", "warn", "fail", "info"]
 DEPENDENCIES = ("mediapipe", "cv2", "numpy", "yaml", "pydantic", "pyvirtualcam", "matplotlib")
@@ -59,7 +61,7 @@ def check_python() -> Check:
     return Check("python", "ok", ", ".join(found))
 
 
-def check_config(config_arg: str | None) -> tuple[Check, list[VirtualCamSinkConfig]]:
+def check_config(config_arg: str | None) -> tuple[Check, Config | None]:
     try:
         path = find_config_path(config_arg)
         config = load_config(path)
@@ -69,9 +71,8 @@ def check_config(config_arg: str | None) -> tuple[Check, list[VirtualCamSinkConf
             "fail",
             str(exc),
             "fix the fields listed above; 'talking-head-cam check-config FILE' re-checks",
-        ), []
-    cams = [s for s in config.sinks if isinstance(s, VirtualCamSinkConfig)]
-    return Check("config", "ok", f"{path} is valid"), cams
+        ), None
+    return Check("config", "ok", f"{path} is valid"), config
 
 
 def check_cameras(sysfs_root: Path) -> Check:
@@ -189,16 +190,19 @@ def check_video_group() -> Check:
     )
 
 
-def check_accelerators() -> list[Check]:
-    report = probe_accelerators()
-    checks = [
-        Check(
+def check_accelerators(report: AcceleratorReport) -> list[Check]:
+    """The GPU as the driver sees it, then each backend (torch CUDA, TensorRT)."""
+    gpu = (
+        Check("gpu", "ok", report.gpu_detail or ", ".join(report.gpus))
+        if report.gpus
+        else Check(
             "gpu",
             "info",
-            ", ".join(report.gpus)
-            or "no NVIDIA GPU found; the CPU path runs in real time without one",
+            f"no NVIDIA GPU found ({report.gpu_detail or 'nvidia-smi lists none'}); "
+            "the CPU path runs in real time without one",
         )
-    ]
+    )
+    checks = [gpu]
     for backend in report.backends:
         checks.append(
             Check(f"engine {backend.name}", "ok" if backend.available else "info", backend.detail)
@@ -206,13 +210,59 @@ def check_accelerators() -> list[Check]:
     return checks
 
 
+def check_engine_choice(requested: str, report: AcceleratorReport) -> Check:
+    """What `engines:` resolves to here, as the daemon would decide it at start."""
+    try:
+        choice = choose_engines(requested, lambda: report)
+    except EngineUnavailable as exc:
+        return Check(
+            "engines",
+            "fail",
+            str(exc),
+            "set engines: auto in the config, or install what is missing (see the lines above)",
+        )
+    return Check("engines", "ok", f"{choice.name} — {choice.reason}")
+
+
+def check_engine_cache(cache_dir: Path) -> Check:
+    """Built TensorRT engines: how many, which networks, for which GPU and TensorRT."""
+    records = list_cached_engines(cache_dir)
+    if not records:
+        return Check(
+            "engine cache",
+            "info",
+            f"no TensorRT engines in {cache_dir} (they are built on the first start "
+            "with engines: tensorrt, or by make engines)",
+        )
+    return Check(
+        "engine cache",
+        "info",
+        f"{len(records)} engine(s) in {cache_dir}: {describe_engines(records)}",
+    )
+
+
+def describe_engines(records: list[EngineRecord]) -> str:
+    """'face_detector, iris (NVIDIA … sm_90, TensorRT 10.7.0, fp16); …' grouped by target."""
+    groups: dict[str, list[str]] = {}
+    for record in records:
+        groups.setdefault(f"{record.target.describe()}, {record.precision}", []).append(
+            record.network
+        )
+    return "; ".join(f"{', '.join(names)} ({target})" for target, names in groups.items())
+
+
 def run_checks(config_arg: str | None, sysfs_root: Path = SYSFS_ROOT) -> list[Check]:
-    config_check, cams = check_config(config_arg)
+    config_check, config = check_config(config_arg)
+    sinks = config.sinks if config is not None else []
+    cams = [s for s in sinks if isinstance(s, VirtualCamSinkConfig)]
+    report = probe_accelerators()
     return [
         check_python(),
         config_check,
         check_cameras(sysfs_root),
         *check_loopback(sysfs_root, cams),
         check_video_group(),
-        *check_accelerators(),
+        *check_accelerators(report),
+        check_engine_choice(config.engines if config is not None else "auto", report),
+        check_engine_cache(engine_cache_dir(config.engine_cache_dir if config else None)),
     ]

@@ -38,3 +38,10 @@ class SinkError(TalkingHeadCamError):
 
 class DaemonNotRunning(TalkingHeadCamError):
     """A command needs the running daemon and cannot find it."""
+
+
+class EngineUnavailable(TalkingHeadCamError):
+    """The configured `engines` backend (or a built engine) cannot run on this machine.
+    Exit code 2 like a bad config: restarting cannot install a GPU or a library."""
+
+    exit_code = 2

@@ -20,26 +20,54 @@ class BackendReport:
 
 @dataclass(frozen=True, slots=True)
 class AcceleratorReport:
+    """GPUs the driver lists, and each backend's availability. `gpu_detail` says why `gpus`
+    is empty (nvidia-smi missing or failing) or describes them (driver, memory)."""
+
     gpus: list[str] = field(default_factory=list)
     backends: list[BackendReport] = field(default_factory=list)
+    gpu_detail: str = ""
+
+    def backend(self, name: str) -> BackendReport:
+        """The named backend's report; an unprobed one counts as unavailable."""
+        for report in self.backends:
+            if report.name == name:
+                return report
+        return BackendReport(name, False, f"{name} was not probed")
 
 
-def _nvidia_gpus() -> list[str]:
-    """GPU names from nvidia-smi (empty without an NVIDIA driver)."""
+def _nvidia_smi() -> tuple[list[str], str]:
+    """(GPU names, detail) from nvidia-smi: empty names without a working NVIDIA driver,
+    and the detail then says why."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
-        return []
+        return [], "nvidia-smi not found"
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=name", "--format=csv,noheader"],
+            [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
         ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
+    except subprocess.CalledProcessError as exc:
+        message = " ".join((exc.stdout or exc.stderr or "").split())[:200]
+        return [], f"nvidia-smi failed: {message or f'exit status {exc.returncode}'}"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [], f"nvidia-smi failed: {exc}"
+    return parse_nvidia_smi(out)
+
+
+def parse_nvidia_smi(out: str) -> tuple[list[str], str]:
+    """`name, driver, memory` CSV lines → (names, 'NAME (driver D, M)' joined by '; ')."""
+    names, described = [], []
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if not parts[0]:
+            continue
+        names.append(parts[0])
+        extra = f" (driver {parts[1]}, {parts[2]})" if len(parts) >= 3 else ""
+        described.append(parts[0] + extra)
+    return names, "; ".join(described) or "nvidia-smi lists no GPU"
 
 
 def _probe_torch() -> BackendReport:
@@ -49,10 +77,21 @@ def _probe_torch() -> BackendReport:
         return BackendReport(
             "cuda", False, "torch is not installed (pip install 'talking-head-cam[engines]')"
         )
+    version = torch.__version__
+    if torch.version.cuda is None:
+        return BackendReport(
+            "cuda", False, f"torch {version} is a CPU-only build, so it sees no CUDA device"
+        )
     if not torch.cuda.is_available():
-        return BackendReport("cuda", False, f"torch {torch.__version__} sees no CUDA device")
+        return BackendReport(
+            "cuda", False, f"torch {version} (CUDA {torch.version.cuda}) sees no CUDA device"
+        )
+    major, minor = torch.cuda.get_device_capability(0)
     return BackendReport(
-        "cuda", True, f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}"
+        "cuda",
+        True,
+        f"torch {version} (CUDA {torch.version.cuda}), "
+        f"{torch.cuda.get_device_name(0)} (sm_{major}{minor})",
     )
 
 
@@ -63,9 +102,13 @@ def _probe_tensorrt() -> BackendReport:
         return BackendReport(
             "tensorrt", False, "TensorRT is not installed (NVIDIA's pip index: tensorrt>=10)"
         )
-    return BackendReport("tensorrt", True, f"TensorRT {trt.__version__}")
+    version = str(getattr(trt, "__version__", "?"))
+    if not version.split(".")[0].isdigit() or int(version.split(".")[0]) < 10:
+        return BackendReport("tensorrt", False, f"TensorRT {version} is too old: need 10 or newer")
+    return BackendReport("tensorrt", True, f"TensorRT {version}")
 
 
 def probe_accelerators() -> AcceleratorReport:
     cpu = BackendReport("cpu", True, "MediaPipe + OpenCV (always available)")
-    return AcceleratorReport(_nvidia_gpus(), [cpu, _probe_torch(), _probe_tensorrt()])
+    gpus, detail = _nvidia_smi()
+    return AcceleratorReport(gpus, [cpu, _probe_torch(), _probe_tensorrt()], detail)
