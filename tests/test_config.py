@@ -42,8 +42,8 @@ def test_unknown_keys_name_the_valid_ones(tmp_path):
     assert problems(tmp_path, "outptu: {}\ncapture: {sorce: 0}\n") == [
         "capture.sorce: unknown key; valid keys here: fps, height, loop, retry_max_s, source, "
         "width (line 2)",
-        "outptu: unknown key; valid keys here: avatar, capture, generator, log_level, motion, "
-        "output, sinks, tracking, web (line 1)",
+        "outptu: unknown key; valid keys here: avatar, capture, engine_cache_dir, engines, "
+        "generator, log_level, motion, output, sinks, tracking, web (line 1)",
     ]
 
 
