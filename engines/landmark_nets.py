@@ -270,7 +270,7 @@ class Reshape(GraphOp):
         self.shape = tuple(graph.tensor(op.outputs[0]).shape[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _to_nhwc(x).reshape((x.shape[0], *self.shape))
+        y = _to_nhwc(x).reshape((-1, *self.shape))
         return _to_nchw(y)
 
 
@@ -329,6 +329,8 @@ class TFLiteNet(nn.Module):
         self.output_names = spec.output_names
         self.input_index = graph.inputs[0]
         self.output_indices = graph.outputs
+        # (N, C, 1, 1) heads flatten to (N, C); static sizes keep exports' shapes named
+        self.flat_sizes = tuple(_flat_size(graph.tensor(i).shape) for i in graph.outputs)
         self.ops = nn.ModuleList(_build_op(op, graph) for op in graph.operators)
         self._check_wiring(graph)
 
@@ -352,13 +354,17 @@ class TFLiteNet(nn.Module):
         for op in self.ops:
             result = op(*(values[i] for i in op.inputs))
             values[op.outputs[0]] = result
-        outputs = []
-        for index in self.output_indices:
-            out = values[index]
-            if out.dim() == 4 and out.shape[2] == 1 and out.shape[3] == 1:
-                out = out.flatten(1)
-            outputs.append(out)
-        return tuple(outputs)
+        return tuple(
+            values[index] if size is None else values[index].reshape(-1, size)
+            for index, size in zip(self.output_indices, self.flat_sizes, strict=True)
+        )
+
+
+def _flat_size(nhwc_shape: tuple[int, ...]) -> int | None:
+    """Channels of a 1x1 NHWC output, None for any other shape."""
+    if len(nhwc_shape) == 4 and nhwc_shape[1] == 1 and nhwc_shape[2] == 1:
+        return nhwc_shape[3]
+    return None
 
 
 def build_network(name: str, path: str | Path | None = None, device: str = "cpu") -> TFLiteNet:

@@ -1,0 +1,243 @@
+"""The torch face mesh + iris path against MediaPipe itself, on real faces and video.
+
+Two comparisons, because MediaPipe's refined FaceMesh (our CPU backend) runs a different
+face model (the attention mesh) than the classic path we port:
+- our 468-point mesh against MediaPipe's classic FaceMesh (refine_landmarks=False), which
+  runs the very same networks: detection, ROIs, crops and tracking must agree to a small
+  fraction of a pixel;
+- our 478 points (mesh, iris-refined eyelids, irises) against the CPU backend: they differ
+  by the two models' disagreement, which grows with the face (about 1 px on a 140 px face,
+  2-3.5 px on 300-400 px faces), so that bound is relative to the face size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cv2
+import mediapipe as mp
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED_DATA
+
+from daemon.config import MediaPipeTrackingConfig
+from daemon.landmarks import MediaPipeLandmarks
+from engines.landmark_nets import TFLiteNet, load_networks
+from engines.landmark_path import (
+    Detections,
+    TorchFaceMesh,
+    TorchLandmarkDetector,
+    ssd_anchors,
+    to_float_image,
+    weighted_nms,
+)
+
+CLIPS = SHARED_DATA / "driving"
+CLIP_FRAMES = 30
+CLASSIC_MAX_PX = 0.15  # same networks, same pipeline: float rounding only
+BACKEND_MAX_FRACTION = 0.012  # of the face's bounding-box diagonal (Landmarks.size)
+IRIS = slice(468, 478)
+
+
+@pytest.fixture(scope="module")
+def networks() -> dict[str, TFLiteNet]:
+    torch.set_num_threads(1)
+    return load_networks()
+
+
+@dataclass
+class Agreement:
+    """Mean point distances (px) of one image or clip, averaged over its frames."""
+
+    classic_px: float  # our 468 vs MediaPipe classic
+    classic_z: float
+    backend_px: float  # our 478 vs the MediaPipe backend
+    backend_iris_px: float
+    face_size: float
+    frames: int
+
+    def report(self) -> str:
+        return (
+            f"{self.frames} frames, face {self.face_size:.0f} px: "
+            f"vs MediaPipe classic {self.classic_px:.3f} px (z {self.classic_z:.3f}); "
+            f"vs MediaPipe backend {self.backend_px:.2f} px "
+            f"({100 * self.backend_px / self.face_size:.2f} % of the face), "
+            f"irises {self.backend_iris_px:.2f} px"
+        )
+
+
+def _classic_points(mesh: object, rgb: np.ndarray) -> np.ndarray | None:
+    result = mesh.process(rgb)
+    if not result.multi_face_landmarks:
+        return None
+    height, width = rgb.shape[:2]
+    scale = np.array([width, height, width], np.float32)
+    return np.array([(p.x, p.y, p.z) for p in result.multi_face_landmarks[0].landmark]) * scale
+
+
+def _measure(
+    networks: dict[str, TFLiteNet], frames: Iterator[np.ndarray], static: bool
+) -> Agreement:
+    config = MediaPipeTrackingConfig()
+    backend = MediaPipeLandmarks(config, static_images=static)
+    classic = mp.solutions.face_mesh.FaceMesh(
+        static_image_mode=static, max_num_faces=1, refine_landmarks=False
+    )
+    ours = TorchLandmarkDetector(config, networks=networks)
+    ours_classic = TorchFaceMesh(networks, max_faces=1)
+    rows = []
+    try:
+        for index, bgr in enumerate(frames):
+            t = index / 30.0
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            reference, mine = backend.detect(bgr, t, index), ours.detect(bgr, t, index)
+            classic_ref = _classic_points(classic, rgb)
+            if static:
+                ours_classic.reset()
+            classic_mine = ours_classic.track(to_float_image(torch.from_numpy(rgb)))
+            assert (reference is None) == (mine is None), f"frame {index}: face found by one only"
+            assert classic_ref is not None and len(classic_mine) == 1, f"frame {index}: no face"
+            if reference is None:
+                continue
+            assert mine.points.shape == (478, 3) and mine.points.dtype == np.float32
+            assert (mine.width, mine.height) == (reference.width, reference.height)
+            distance = np.linalg.norm(mine.points[:, :2] - reference.points[:, :2], axis=1)
+            classic_mine_np = classic_mine[0].numpy()
+            classic_distance = np.linalg.norm(classic_mine_np[:, :2] - classic_ref[:, :2], axis=1)
+            rows.append(
+                (
+                    classic_distance.mean(),
+                    np.abs(classic_mine_np[:, 2] - classic_ref[:, 2]).mean(),
+                    distance.mean(),
+                    distance[IRIS].mean(),
+                    reference.size,
+                )
+            )
+    finally:
+        backend.close()
+        classic.close()
+        ours.close()
+    assert rows, "no frame with a face"
+    means = np.mean(rows, axis=0)
+    return Agreement(*(float(m) for m in means), frames=len(rows))
+
+
+def _clip(path) -> Iterator[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        for _ in range(CLIP_FRAMES):
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        capture.release()
+
+
+@pytest.fixture(scope="module")
+def image_agreement(networks, face_image, other_face) -> dict[str, Agreement]:
+    return {
+        name: _measure(networks, iter([image]), static=True)
+        for name, image in (("grace_hopper", face_image), ("astronaut", other_face))
+    }
+
+
+@pytest.fixture(scope="module")
+def clip_agreement(networks) -> dict[str, Agreement]:
+    clips = sorted(CLIPS.glob("*.mp4"))
+    if not clips:
+        pytest.skip(f"dev clips not present: {CLIPS} (see ../shared/data/README.md)")
+    return {path.name: _measure(networks, _clip(path), static=False) for path in clips}
+
+
+@pytest.mark.parametrize("name", ["grace_hopper", "astronaut"])
+def test_mesh_matches_mediapipe_classic_on_images(image_agreement, name):
+    agreement = image_agreement[name]
+    assert agreement.classic_px <= CLASSIC_MAX_PX, f"{name}: {agreement.report()}"
+    assert agreement.classic_z <= CLASSIC_MAX_PX, f"{name}: {agreement.report()}"
+
+
+@pytest.mark.parametrize("name", ["grace_hopper", "astronaut"])
+def test_full_path_close_to_mediapipe_backend_on_images(image_agreement, name):
+    agreement = image_agreement[name]
+    bound = BACKEND_MAX_FRACTION * agreement.face_size
+    assert agreement.backend_px <= bound, f"{name}: {agreement.report()}"
+    assert agreement.backend_iris_px <= bound, f"{name}: {agreement.report()}"
+
+
+def test_tracking_matches_mediapipe_classic_on_clips(clip_agreement):
+    worst = max(clip_agreement.items(), key=lambda item: item[1].classic_px)
+    report = "; ".join(f"{name}: {a.report()}" for name, a in clip_agreement.items())
+    assert worst[1].classic_px <= CLASSIC_MAX_PX, report
+    assert max(a.classic_z for a in clip_agreement.values()) <= CLASSIC_MAX_PX, report
+
+
+def test_full_path_close_to_mediapipe_backend_on_clips(clip_agreement):
+    report = "; ".join(f"{name}: {a.report()}" for name, a in clip_agreement.items())
+    for agreement in clip_agreement.values():
+        bound = BACKEND_MAX_FRACTION * agreement.face_size
+        assert agreement.backend_px <= bound, report
+        assert agreement.backend_iris_px <= bound, report
+
+
+def test_no_face_gives_none_and_reset_recovers(networks, other_face):
+    detector = TorchLandmarkDetector(MediaPipeTrackingConfig(), networks=networks)
+    assert detector.detect(np.full((240, 320, 3), 128, np.uint8), 0.0, 0) is None
+    first = detector.detect(other_face, 0.1, 1)
+    detector.reset()
+    again = detector.detect(other_face, 0.2, 2)
+    assert first is not None and again is not None and again.index == 2
+    assert np.abs(first.points - again.points).max() < 1e-3  # a still image: same ROI again
+    detector.close()
+
+
+def test_wide_frames_are_scaled_down_and_back(networks, other_face):
+    """A 1280-wide frame is tracked at 640 like the CPU backend; points come back at 1280."""
+    detector = TorchLandmarkDetector(MediaPipeTrackingConfig(), networks=networks)
+    small = cv2.resize(other_face, (640, 640), interpolation=cv2.INTER_AREA)
+    big = cv2.resize(other_face, (1280, 1280), interpolation=cv2.INTER_LINEAR)
+    at_640 = detector.detect(small, 0.0, 0)
+    detector.reset()
+    at_1280 = detector.detect(big, 0.0, 1)
+    assert at_640 is not None and at_1280 is not None
+    assert (at_1280.width, at_1280.height) == (1280, 1280)
+    distance = np.linalg.norm(at_1280.points[:, :2] / 2 - at_640.points[:, :2], axis=1).mean()
+    assert distance < 0.5, f"1280 px frame vs 640 px frame: {distance:.3f} px apart at 640"
+
+
+def test_points_tensor_is_the_same_path_on_the_device(networks, other_face):
+    detector = TorchLandmarkDetector(MediaPipeTrackingConfig(), networks=networks)
+    landmarks = detector.detect(other_face, 0.0, 0)
+    detector.reset()
+    rgb = torch.from_numpy(cv2.cvtColor(other_face, cv2.COLOR_BGR2RGB))
+    faces = detector.points_tensor(rgb)
+    assert faces.shape == (1, 478, 3) and faces.device == rgb.device
+    assert np.abs(faces[0].numpy() - landmarks.points).max() < 1e-3
+
+
+def test_anchors_follow_the_short_range_layout():
+    anchors = ssd_anchors()
+    assert anchors.shape == (896, 2)
+    np.testing.assert_allclose(anchors[0].numpy(), [0.5 / 16, 0.5 / 16])
+    np.testing.assert_allclose(anchors[1].numpy(), [0.5 / 16, 0.5 / 16])  # 2 per 16x16 cell
+    np.testing.assert_allclose(anchors[512].numpy(), [0.5 / 8, 0.5 / 8])  # then 6 per 8x8 cell
+    np.testing.assert_allclose(anchors[517].numpy(), [0.5 / 8, 0.5 / 8])
+    np.testing.assert_allclose(anchors[-1].numpy(), [7.5 / 8, 7.5 / 8])
+
+
+def test_weighted_nms_blends_overlaps_and_keeps_separate_faces():
+    boxes = torch.tensor(
+        [[0.0, 0.0, 1.0, 1.0], [0.1, 0.0, 1.1, 1.0], [5.0, 5.0, 6.0, 6.0], [5.0, 5.1, 6.0, 6.1]]
+    )
+    keypoints = boxes[:, None, :2].repeat(1, 6, 1)
+    scores = torch.tensor([0.9, 0.6, 0.7, 0.8])
+    merged = weighted_nms(Detections(boxes, keypoints, scores), 0.3, max_faces=5)
+    assert len(merged) == 2
+    np.testing.assert_allclose(merged.scores.numpy(), [0.9, 0.8])  # the best keeps its score
+    np.testing.assert_allclose(merged.boxes[0, 0].item(), 0.1 * 0.6 / 1.5, atol=1e-6)
+    np.testing.assert_allclose(merged.boxes[1, 1].item(), 5.0 + 0.1 * 0.8 / 1.5, atol=1e-6)
+    np.testing.assert_allclose(merged.keypoints[0, :, 0].numpy(), 0.04, atol=1e-6)
+    only_one = weighted_nms(Detections(boxes, keypoints, scores), 0.3, max_faces=1)
+    assert len(only_one) == 1 and only_one.scores.item() == pytest.approx(0.9)

@@ -1,0 +1,101 @@
+"""ONNX export of the landmark networks: valid files, onnxruntime agreeing with torch, and a
+manifest an engine cache can key on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from engines.landmark_nets import NETWORKS, TFLiteNet, example_input, load_networks
+from engines.onnx_export import (
+    INPUT_NAME,
+    MANIFEST_NAME,
+    check_onnx,
+    export_onnx,
+    sha256_of,
+)
+
+RELATIVE_TOLERANCE = 1e-4  # of each output's largest magnitude
+
+
+@pytest.fixture(scope="module")
+def networks() -> dict[str, TFLiteNet]:
+    torch.set_num_threads(1)
+    return load_networks()
+
+
+@pytest.fixture(scope="module")
+def exported(networks, tmp_path_factory) -> Path:
+    out_dir = tmp_path_factory.mktemp("onnx")
+    paths = export_onnx(out_dir, progress=False, networks=networks)
+    assert [p.name for p in paths] == [f"{name}.onnx" for name in NETWORKS]
+    return out_dir
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_exported_file_is_valid_and_clean(exported, name):
+    model = onnx.load(str(exported / f"{name}.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    ops = {node.op_type for node in model.graph.node}
+    assert ops <= {"Conv", "Pad", "PRelu", "Relu", "Add", "MaxPool", "Reshape", "Transpose",
+                   "Concat"}, f"{name}: unexpected ops {sorted(ops)}"  # fmt: skip
+    (image,) = model.graph.input
+    dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
+    assert dims == ["batch", *NETWORKS[name].input_shape[1:]]
+    assert [o.name for o in model.graph.output] == list(NETWORKS[name].output_names)
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_onnxruntime_matches_torch(exported, networks, name):
+    """Batch 3, so the dynamic batch axis is exercised too."""
+    session = ort.InferenceSession(
+        str(exported / f"{name}.onnx"), providers=["CPUExecutionProvider"]
+    )
+    inputs = example_input(name, batch=3, seed=7)
+    with torch.no_grad():
+        expected = [out.numpy() for out in networks[name](inputs)]
+    got = session.run(None, {INPUT_NAME: inputs.numpy()})
+    for output, e, g in zip(NETWORKS[name].output_names, expected, got, strict=True):
+        assert g.shape == e.shape, f"{name}.{output}: {g.shape} vs {e.shape}"
+        error = float(np.abs(g - e).max())
+        scale = float(np.abs(e).max())
+        assert error <= RELATIVE_TOLERANCE * scale, (
+            f"{name}.{output}: max abs diff {error:.3g} for outputs up to {scale:.3g}"
+        )
+
+
+def test_check_reports_small_differences(exported, networks):
+    differences = check_onnx(exported, networks)
+    assert set(differences) == set(NETWORKS)
+    assert all(d < 1e-3 for d in differences.values()), differences
+
+
+def test_manifest_keys_each_file_by_hash(exported):
+    manifest = json.loads((exported / MANIFEST_NAME).read_text())
+    entries = {entry["name"]: entry for entry in manifest["networks"]}
+    assert set(entries) == set(NETWORKS) and manifest["opset"] == 17
+    for name, entry in entries.items():
+        assert entry["sha256"] == sha256_of(exported / entry["file"])
+        assert entry["input"]["shape"] == list(NETWORKS[name].input_shape)
+        assert entry["input"]["range"] == list(NETWORKS[name].input_range)
+        assert [o["name"] for o in entry["outputs"]] == list(NETWORKS[name].output_names)
+    assert entries["face_landmark"]["outputs"][0]["shape"] == [1, 1404]
+    assert entries["face_detector"]["outputs"][0]["shape"] == [1, 896, 16]
+
+
+def test_export_is_reproducible_and_a_changed_file_is_caught(exported, networks, tmp_path):
+    """Same weights, same bytes (a stable cache key); a file that no longer matches its
+    manifest is refused rather than compared."""
+    export_onnx(tmp_path, progress=False, networks=networks)
+    for name in NETWORKS:
+        assert sha256_of(tmp_path / f"{name}.onnx") == sha256_of(exported / f"{name}.onnx")
+    with (tmp_path / "iris_landmark.onnx").open("ab") as stream:
+        stream.write(b"\0")
+    with pytest.raises(ValueError, match="sha256 differs"):
+        check_onnx(tmp_path, networks)
