@@ -160,13 +160,15 @@ def weighted_nms(detections: Detections, iou_threshold: float, max_faces: int) -
     detections = detections.select(order)
     iou = box_iou(detections.boxes, detections.boxes)
     remaining = torch.ones(count, dtype=torch.bool, device=detections.scores.device)
+    positions = torch.arange(count, device=detections.scores.device)
     boxes, keypoints, scores = [], [], []
     for _ in range(min(max_faces, count)):
         # sorted by score: the first remaining one is the best; none left gives index 0
         # of an all-false mask, caught by `alive` below without a device sync per step
-        best = torch.argmax(remaining.to(torch.int8))
+        best = torch.argmax(remaining.float())
         alive = remaining[best]
-        cluster = remaining & (iou[best] > iou_threshold)
+        # a degenerate (zero-area) best box still counts as overlapping itself
+        cluster = remaining & ((iou[best] > iou_threshold) | (positions == best))
         weights = detections.scores * cluster
         total = weights.sum().clamp(min=1e-12)
         boxes.append((weights[:, None] * detections.boxes).sum(0) / total)
@@ -191,9 +193,7 @@ def rois_from_boxes(
     return torch.stack([center[:, 0], center[:, 1], side, side, angle], -1)
 
 
-def rois_from_points(
-    points: torch.Tensor, start: int | tuple[int, ...], end: int, scale: float
-) -> torch.Tensor:
+def rois_from_points(points: torch.Tensor, start: int, end: int, scale: float) -> torch.Tensor:
     """ROIs around point sets (N, P, 2+) (their bounding box), rotated by points start → end."""
     xy = points[..., :2]
     boxes = torch.cat([xy.amin(1), xy.amax(1)], -1)
@@ -440,13 +440,13 @@ class TorchLandmarkDetector:
         networks: dict[str, TFLiteNet] | None = None,
     ):
         self.config = config
-        self.device = torch.device(device)
         self.pipeline = TorchFaceMesh(
             networks if networks is not None else load_networks(device),
             max_faces=config.max_faces,
             min_detection_confidence=config.min_detection_confidence,
             min_tracking_confidence=config.min_tracking_confidence,
         )
+        self.device = self.pipeline.device  # where the networks are, if they were given
         self._previous: Landmarks | None = None
         self._last_detection: float | None = None
 
