@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +30,7 @@ import numpy as np
 
 from daemon.config import Config, load_config
 from daemon.faults import control_path, pixelate, set_fault, watch
+from daemon.memory import HeapStatus, heap_status
 from daemon.notify import Notifier
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,9 @@ class Sample:
     threads: int  # Python threads
     native_threads: int  # all of the process's threads (MediaPipe's own included)
     fps: float
+    heap_mib: float = 0.0  # malloc: bytes in use (all arenas and mmapped chunks)
+    heap_free_mib: float = 0.0  # malloc: freed bytes it still holds (fragmentation)
+    py_kblocks: float = 0.0  # Python objects' memory blocks, thousands
 
 
 def process_status() -> tuple[float, int, int]:
@@ -396,8 +401,20 @@ class Soak:
             now, frames = time.monotonic(), loop.frames_published
             rss, fds, native = process_status()
             fps = (frames - last_frames) / (now - last_t)
+            heap = heap_status() or HeapStatus(0.0, 0.0)
             self.result.samples.append(
-                Sample(now - t0, frames, rss, fds, threading.active_count(), native, fps)
+                Sample(
+                    now - t0,
+                    frames,
+                    rss,
+                    fds,
+                    threading.active_count(),
+                    native,
+                    fps,
+                    heap.in_use_mib,
+                    heap.held_free_mib,
+                    sys.getallocatedblocks() / 1e3,
+                )
             )
             last_t, last_frames = now, frames
 
@@ -664,7 +681,15 @@ def plot(result: SoakResult, out: Path, name: str) -> list[Path]:
 
     frames = np.array([s.frames for s in result.samples], float) / 1e3
     panels = [
-        ("memory", [("rss_mib", "RSS, MiB")], True),
+        (
+            "memory",
+            [
+                ("rss_mib", "RSS, MiB"),
+                ("heap_mib", "malloc in use, MiB"),
+                ("heap_free_mib", "malloc freed but held, MiB"),
+            ],
+            True,
+        ),
         (
             "fds_threads",
             [
@@ -732,6 +757,22 @@ def write_report(result: SoakResult, out: Path, name: str = "soak") -> Path:
             "RSS slope",
             f"{result.slope_per_1e4('rss_mib'):+.3f} MiB per 10^4 frames "
             "(linear fit after the first 10%)",
+        ),
+        (
+            "malloc",
+            f"in use {first.heap_mib:.0f} → {last.heap_mib:.0f} MiB (slope "
+            f"{result.slope_per_1e4('heap_mib'):+.3f} MiB per 10^4 frames); freed but held "
+            f"{first.heap_free_mib:.0f} → {last.heap_free_mib:.0f} MiB (slope "
+            f"{result.slope_per_1e4('heap_free_mib'):+.3f})"
+            if first
+            else "-",
+        ),
+        (
+            "Python objects",
+            f"{first.py_kblocks:.0f}k → {last.py_kblocks:.0f}k memory blocks (slope "
+            f"{result.slope_per_1e4('py_kblocks'):+.2f}k per 10^4 frames)"
+            if first
+            else "-",
         ),
         (
             "RSS",
