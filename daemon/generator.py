@@ -56,14 +56,21 @@ class StillGenerator:
         return self._frame
 
 
-def build_generator(config: Config, avatar: str | None = None) -> Generator:
-    """The configured generator for `avatar` (default: config.avatar.image). Raises
-    AvatarError when the avatar cannot be read or prepared."""
+def build_generator(config: Config, avatar: str | None = None, engine: str = "cpu") -> Generator:
+    """The configured generator for `avatar` (default: config.avatar.image) on the chosen
+    engines (engines.select: the mesh generator's pixel work runs in torch on the GPU for
+    cuda and tensorrt). Raises AvatarError when the avatar cannot be read or prepared."""
     spec = config.avatar.image if avatar is None else avatar
     out = config.output
     if isinstance(config.generator, MeshGeneratorConfig):
         from daemon.avatar_prep import prepare_avatar
+
+        prepared = prepare_avatar(spec)
+        if engine != "cpu":
+            from engines.torch_generator import TorchMeshGenerator
+
+            return TorchMeshGenerator(config.generator, prepared, out.width, out.height, "cuda")
         from daemon.mesh_generator import MeshGenerator
 
-        return MeshGenerator(config.generator, prepare_avatar(spec), out.width, out.height)
+        return MeshGenerator(config.generator, prepared, out.width, out.height)
     return StillGenerator(config.generator, load_avatar(spec), out.width, out.height)

@@ -12,6 +12,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -146,6 +147,21 @@ class MediaPipeLandmarks:
         self._mesh.close()
 
 
-def build_landmarks(config: MediaPipeTrackingConfig) -> LandmarkDetector:
-    backends = {"mediapipe": MediaPipeLandmarks}
-    return backends[config.type](config)
+def build_landmarks(
+    config: MediaPipeTrackingConfig, engine: str = "cpu", engine_cache: Path | None = None
+) -> LandmarkDetector:
+    """The tracker for `tracking.type` on the chosen engines (engines.select): MediaPipe on
+    the CPU; on an NVIDIA GPU our torch port of the same networks (cuda), or TensorRT
+    engines built from their ONNX export into `engine_cache` (tensorrt)."""
+    if engine == "cpu":
+        backends = {"mediapipe": MediaPipeLandmarks}
+        return backends[config.type](config)
+    from engines.landmark_path import TorchLandmarkDetector
+
+    if engine == "tensorrt":
+        from engines.tensorrt_runtime import engine_cache_dir
+        from engines.trt_landmarks import tensorrt_networks
+
+        cache = engine_cache if engine_cache is not None else engine_cache_dir(None)
+        return TorchLandmarkDetector(config, "cuda", tensorrt_networks(cache, config.max_faces))
+    return TorchLandmarkDetector(config, "cuda")

@@ -29,9 +29,10 @@ from daemon.config import (
     runtime_file_path,
     validate_config,
 )
-from daemon.errors import AvatarError, ConfigError
+from daemon.errors import AvatarError, ConfigError, EngineUnavailable
 from daemon.generator import Generator, build_generator
-from daemon.landmarks import build_landmarks
+from daemon.landmarks import LandmarkDetector, build_landmarks
+from daemon.memory import trim_heap
 from daemon.motion import MotionEstimator
 from daemon.notify import Notifier
 from daemon.pipeline import FrameLoop, Pipeline
@@ -41,11 +42,13 @@ from daemon.v4l2 import SYSFS_ROOT
 
 if TYPE_CHECKING:
     from daemon.web import WebServer
+    from engines.select import EngineChoice
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 2.0
 SUPERVISE_TICK_S = 0.1
+HEAP_TRIM_INTERVAL_S = 60.0  # give freed frame buffers back to the kernel (daemon.memory)
 SHUTDOWN_WAIT_S = 0.3  # the longest SIGTERM waits for stuck threads (systemd: within 1 s)
 TEST_HOOKS_ENV = "TALKING_HEAD_CAM_TEST_HOOKS"
 LIVE_SECTIONS = ("motion", "generator", "avatar")  # what the web page may change live
@@ -59,27 +62,42 @@ def own_labels(config: Config) -> tuple[str, ...]:
     return tuple(sorted(labels))
 
 
-def build_generator_or_default(config: Config) -> Generator:
+def build_generator_or_default(config: Config, engine: str = "cpu") -> Generator:
     """The configured generator; a bad avatar file logs the error and uses the embedded
     default instead, so a typo never keeps the camera from starting."""
     try:
-        return build_generator(config)
+        return build_generator(config, engine=engine)
     except AvatarError as exc:
         log.error("%s; using the default avatar", exc)
-        return build_generator(config, "default")
+        return build_generator(config, "default", engine)
+
+
+def choose_engine(config: Config) -> EngineChoice:
+    """`engines` resolved on this machine (without importing torch where no NVIDIA GPU is
+    listed). Raises EngineUnavailable for an explicit backend that cannot run."""
+    from engines.backends import quick_probe
+    from engines.select import choose_engines
+
+    return choose_engines(config.engines, quick_probe)
+
+
+def build_detector(config: Config, engine: str = "cpu") -> LandmarkDetector:
+    cache = Path(config.engine_cache_dir) if config.engine_cache_dir else None
+    return build_landmarks(config.tracking, engine, cache)
 
 
 def build_pipeline(
-    config: Config, stats: RollingStats, generator: Generator | None = None
+    config: Config, stats: RollingStats, generator: Generator | None = None, engine: str = "cpu"
 ) -> Pipeline:
-    """The whole per-frame path for `config`: landmarks → motion → generator. Raises
-    AvatarError when the avatar cannot be used (unless a generator is given)."""
+    """The whole per-frame path for `config`: landmarks → motion → generator, on `engine`
+    (engines.select). Raises AvatarError when the avatar cannot be used (unless a generator
+    is given)."""
     return Pipeline(
-        build_generator(config) if generator is None else generator,
+        build_generator(config, engine=engine) if generator is None else generator,
         stats,
         config.output.width,
         config.output.height,
-        detector=build_landmarks(config.tracking),
+        detector=build_detector(config, engine),
         estimator=MotionEstimator(config.motion),
     )
 
@@ -165,6 +183,7 @@ class Daemon:
         self._loop_stop = threading.Event()
         self.sinks = SinkSet(self.stats, sysfs_root)
         self.loop: FrameLoop | None = None
+        self.engine: EngineChoice | None = None  # resolved when run() starts
         self.web: WebServer | None = None
         self._apply_lock = threading.RLock()
         self._web_file: Path | None = None
@@ -186,7 +205,12 @@ class Daemon:
             self.config.output.height,
             self.config.output.fps,
         )
-        pipeline = build_pipeline(self.config, self.stats, build_generator_or_default(self.config))
+        self.engine = choose_engine(self.config)
+        log.info("engines: %s", self.engine)
+        engine = self.engine.name
+        pipeline = build_pipeline(
+            self.config, self.stats, build_generator_or_default(self.config, engine), engine
+        )
         capture = self._start_capture(self.config)
         self.sinks.configure(self.config.sinks, self.config.output)
         self.loop = FrameLoop(capture, pipeline, self.sinks, self.config.output.fps, self.stats)
@@ -196,6 +220,7 @@ class Daemon:
         )
         thread.start()
         last_watchdog = last_status = float("-inf")
+        last_trim = time.monotonic()
         last_health: tuple[object, ...] = ()
         try:
             while not self._stop_requested:
@@ -204,6 +229,7 @@ class Daemon:
                 if self._reload_requested:
                     self._reload_requested = False
                     self.reload()
+                    last_trim = float("-inf")  # the old generator and graph are freed now
                 if self._calibration_requested:
                     self._calibration_requested = False
                     self.loop.pipeline.calibrate()
@@ -219,6 +245,9 @@ class Daemon:
                 if self._watchdog_due(now, last_watchdog) and self.frames_flowing(now):
                     self._notifier.watchdog()
                     last_watchdog = now
+                if now - last_trim >= HEAP_TRIM_INTERVAL_S:
+                    last_trim = now
+                    trim_heap()
                 health = self._health(now)
                 if self._ready_sent and (
                     now - last_status >= STATUS_INTERVAL_S or health != last_health
@@ -388,7 +417,7 @@ class Daemon:
             path = find_config_path(self._config_arg)
             new = load_config(path)
             applied = self.apply(new)
-        except (ConfigError, AvatarError) as exc:
+        except (ConfigError, AvatarError, EngineUnavailable) as exc:
             for line in str(exc).splitlines():
                 log.error("reload rejected: %s", line.strip())
             log.error("reload rejected: keeping the current config")
@@ -412,10 +441,20 @@ class Daemon:
             assert loop is not None
             changed = [n for n in Config.model_fields if getattr(old, n) != getattr(new, n)]
             pipeline = loop.pipeline
-            if {"avatar", "output", "generator"} & set(changed):
-                pipeline.set_generator(build_generator(new), new.output.width, new.output.height)
-            if "tracking" in changed:
-                pipeline.set_detector(build_landmarks(new.tracking))
+            engine = self.engine
+            if {"engines", "engine_cache_dir"} & set(changed) or engine is None:
+                engine = choose_engine(new)  # raises before anything changed
+            switched = self.engine is None or engine.name != self.engine.name
+            rebuild = switched or "engine_cache_dir" in changed
+            if rebuild or {"avatar", "output", "generator"} & set(changed):
+                pipeline.set_generator(
+                    build_generator(new, engine=engine.name), new.output.width, new.output.height
+                )
+            if rebuild or "tracking" in changed:
+                pipeline.set_detector(build_detector(new, engine.name))
+            if switched:
+                log.info("engines: %s", engine)
+            self.engine = engine
             if "motion" in changed:
                 pipeline.reconfigure_motion(new.motion)
             if "capture" in changed or own_labels(old) != own_labels(new):

@@ -108,7 +108,26 @@ def _probe_tensorrt() -> BackendReport:
     return BackendReport("tensorrt", True, f"TensorRT {version}")
 
 
-def probe_accelerators() -> AcceleratorReport:
+def probe_accelerators(libraries_without_gpu: bool = True) -> AcceleratorReport:
+    """Every backend's availability. With `libraries_without_gpu` False, a machine whose
+    driver lists no NVIDIA GPU does not import torch or TensorRT at all (the daemon's start:
+    importing torch costs seconds and hundreds of MiB for nothing there)."""
     cpu = BackendReport("cpu", True, "MediaPipe + OpenCV (always available)")
     gpus, detail = _nvidia_smi()
+    if not gpus and not libraries_without_gpu:
+        skipped = "not tried without an NVIDIA GPU"
+        return AcceleratorReport(
+            gpus,
+            [
+                cpu,
+                BackendReport("cuda", False, f"torch {skipped}"),
+                BackendReport("tensorrt", False, f"TensorRT {skipped}"),
+            ],
+            detail,
+        )
     return AcceleratorReport(gpus, [cpu, _probe_torch(), _probe_tensorrt()], detail)
+
+
+def quick_probe() -> AcceleratorReport:
+    """probe_accelerators for the daemon's start: no library imports without a GPU."""
+    return probe_accelerators(libraries_without_gpu=False)

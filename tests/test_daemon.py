@@ -220,3 +220,46 @@ def test_calibrate_command_reaches_the_running_daemon(
     )
     assert result.returncode == 1
     assert "the daemon is not running" in result.stderr
+
+
+def test_engines_auto_runs_the_cpu_path_here_and_says_why(start_daemon, notify_socket, tmp_path):
+    daemon = start_daemon(config_text("/dev/video99", tmp_path / "out.mp4"))
+    notify_socket.wait_for("READY=1")
+    assert daemon.stop() == 0
+    log = daemon.log()
+    assert "engines: cpu (auto: no NVIDIA GPU: nvidia-smi not found" in log, log
+    assert "not tried without an NVIDIA GPU" in log  # torch is not even imported without one
+
+
+def test_engines_cuda_without_a_gpu_is_a_one_line_error_and_exit_2(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text("/dev/video99", extra="engines: cuda\n"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon", "--config", str(config), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NOTIFY_SOCKET": ""},
+    )
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "engines: cuda needs" in line]
+    assert len(errors) == 1, proc.stderr
+    assert "set engines: auto (or cpu) in the config" in errors[0]
+
+
+def test_a_reload_to_unavailable_engines_is_rejected_and_the_camera_runs_on(
+    start_daemon, notify_socket, tmp_path
+):
+    out = tmp_path / "out.mp4"
+    daemon = start_daemon(config_text("/dev/video99", out), env=WATCHDOG)
+    ready = notify_socket.wait_for("READY=1")
+    (tmp_path / "config.yaml").write_text(
+        config_text("/dev/video99", out, extra="engines: tensorrt\n")
+    )
+    daemon.signal(signal.SIGHUP)
+    reloading = notify_socket.wait_for("RELOADING=1", after=ready)
+    rejected = notify_socket.wait_for("READY=1", after=reloading)
+    assert "reload rejected" in notify_socket.texts()[rejected]
+    notify_socket.wait_for("WATCHDOG=1", after=rejected)  # still publishing
+    assert daemon.stop() == 0
+    assert "reload rejected: engines: tensorrt needs TensorRT 10" in daemon.log()
