@@ -44,6 +44,12 @@ soak: install
 bench: install
 	$(BIN)/talking-head-cam --config config.yaml bench
 
+# The GPU path's networks: ONNX export (checked with onnxruntime against torch) into the
+# engine cache, then TensorRT engines where TensorRT and an NVIDIA GPU are present.
+.PHONY: engines
+engines: install
+	$(BIN)/talking-head-cam --config config.yaml engines
+
 # Remote mode's round trip (browser camera frame → avatar frame back, median and p95) with a
 # real daemon and headless Chromium on this machine; about 30 s. Needs chromium, chromium-driver.
 bench-webrtc: install

@@ -9,7 +9,10 @@ Speed is measured here, never asserted by timed tests. Three parts:
 - the daemon paced at the output rate (FrameLoop, capture thread, sink thread), as it runs
   for real: CPU % of one core;
 - our piecewise-affine warp side by side with scikit-image's PiecewiseAffineTransform + warp
-  on the same avatar mesh and image: speed ratio and mean pixel difference.
+  on the same avatar mesh and image: speed ratio and mean pixel difference;
+- the engines side by side (`engines`: cpu, cuda, tensorrt) at 720p and 1080p in one run:
+  per-stage latency, capture-to-output latency and loop fps of each engine this machine
+  can run, and why not for the others.
 
 CPU cores busy = process CPU time / wall time, over all threads (capture, MediaPipe, OpenCV,
 sinks).
@@ -47,6 +50,10 @@ from daemon.service import build_pipeline
 from daemon.sinks import FileSink, SinkWorker, bgr_to_i420, bgr_to_yuyv
 from daemon.stats import RollingStats, StageSummary
 from daemon.warp import Roi, warp_image
+
+ENGINE_SIZES = ((1280, 720), (1920, 1080))
+ENGINES = ("cpu", "cuda", "tensorrt")
+ENGINE_STAGES = ("landmarks", "motion", "generator", "sink:virtualcam I420", "capture_to_output")
 
 # The issue's targets.
 GENERATOR_MEDIAN_TARGET_MS = 8.0
@@ -187,11 +194,45 @@ class WarpComparison:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineRun:
+    """One engine at one size, unpaced; or why this machine cannot run it."""
+
+    engine: str
+    width: int = 0
+    height: int = 0
+    frames: int = 0
+    loop_fps: float = 0.0
+    stages_ms: tuple[tuple[str, float], ...] = ()  # (stage, median ms)
+    unavailable: str = ""
+
+
+def engines_report(runs: tuple[EngineRun, ...]) -> str:
+    """The engines side by side: one row per engine and size."""
+    names = ("landmarks", "motion", "generator", "I420", "capture→out")
+    lines = [
+        "engines side by side (unpaced, whole pipeline; median ms per stage; capture→out = "
+        "a frame's latency from the decoded camera frame to the I420 output)",
+        f"{'engine':<10}{'size':>11}" + "".join(f"{n:>13}" for n in names) + f"{'loop fps':>10}",
+    ]
+    for run in runs:
+        if run.unavailable:
+            lines.append(f"{run.engine:<10}{'-':>11}  unavailable: {run.unavailable}")
+            continue
+        stages = dict(run.stages_ms)
+        cells = "".join(f"{stages.get(s, float('nan')):>13.2f}" for s in ENGINE_STAGES)
+        lines.append(
+            f"{run.engine:<10}{f'{run.width}x{run.height}':>11}{cells}{run.loop_fps:>10.1f}"
+        )
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
 class BenchResult:
     unpaced: tuple[UnpacedRun, ...]
     paced: tuple[PacedRun, ...]
     warp: WarpComparison | None
     load_before: float  # 1-minute load average before the runs (others competing for CPU)
+    engines: tuple[EngineRun, ...] = ()
 
     def report(self, config: Config) -> str:
         out = config.output
@@ -221,6 +262,8 @@ class BenchResult:
             parts.append("\n".join(rows))
         if self.warp is not None:
             parts.append(self.warp.report())
+        if self.engines:
+            parts.append(engines_report(self.engines))
         parts.append(self.targets(config))
         return "\n\n".join(parts)
 
@@ -335,6 +378,66 @@ def run_unpaced(
     elapsed = end.wall_s - start.wall_s - optional_s
     cores = (end.cpu_s - start.cpu_s - optional_s) / elapsed
     return UnpacedRun(label, done, done / elapsed, cores, stats)
+
+
+def run_engine(config: Config, engine: str, clip: Path, frames: int) -> EngineRun:
+    """The whole pipeline on one engine, unpaced: per-stage medians, capture-to-output
+    latency (decoded frame in → I420 out) and loop fps."""
+    stats = RollingStats(window=frames)
+    pipeline = build_pipeline(config, stats, engine=engine)
+    reader = VideoFileReader(str(clip))
+    done, start = 0, time.perf_counter()
+    try:
+        for index in range(frames):
+            image = reader.read()
+            if image is None:
+                break
+            t_in = time.perf_counter()
+            now = time.monotonic()
+            out = pipeline.process(CapturedFrame(image, now, index), now)
+            _timed(stats, "sink:virtualcam I420", bgr_to_i420, out)
+            stats.record("capture_to_output", (time.perf_counter() - t_in) * 1e3)
+            done += 1
+        elapsed = time.perf_counter() - start
+    finally:
+        reader.close()
+        pipeline.close()
+    summary = stats.summary()
+    stages = tuple((s, summary[s].median_ms) for s in ENGINE_STAGES if s in summary)
+    out = config.output
+    return EngineRun(engine, out.width, out.height, done, done / elapsed, stages)
+
+
+def at_size(config: Config, width: int, height: int) -> Config:
+    """`config` with camera and output at width x height."""
+    data = config.model_dump()
+    for section in ("capture", "output"):
+        data[section] |= {"width": width, "height": height}
+    return Config.model_validate(data)
+
+
+def compare_engines(
+    config: Config, frames: int, tmp: Path, sizes: tuple[tuple[int, int], ...] = ENGINE_SIZES
+) -> tuple[EngineRun, ...]:
+    """Every engine at every size, in one run; an engine this machine lacks gets one row
+    saying why."""
+    from daemon.errors import EngineUnavailable
+    from engines.select import choose_engines
+
+    runs: list[EngineRun] = []
+    clips = {
+        size: make_driver_clip(tmp / f"driver_{size[0]}x{size[1]}.mp4", frames, *size)
+        for size in sizes
+    }
+    for engine in ENGINES:
+        try:
+            choose_engines(engine)
+        except EngineUnavailable as exc:
+            why = str(exc).split(" but ", 1)[-1].split("; set engines", 1)[0]
+            runs.append(EngineRun(engine, unavailable=why))
+            continue
+        runs += [run_engine(at_size(config, *size), engine, clips[size], frames) for size in sizes]
+    return tuple(runs)
 
 
 class ConversionSink:
@@ -509,10 +612,12 @@ def run_bench(
     paced_s: float = 5.0,
     warp_runs: int = 200,
     skimage_runs: int = 3,
+    engine_frames: int = 100,
 ) -> BenchResult:
     """Unpaced and paced pipeline runs with OpenCV's default threads and with one thread,
-    then the warp comparison. `paced_s` 0 skips the paced runs, `warp_runs` 0 the warp part,
-    `skimage_runs` 0 only scikit-image."""
+    the warp comparison, then the engines side by side. `paced_s` 0 skips the paced runs,
+    `warp_runs` 0 the warp part, `skimage_runs` 0 only scikit-image, `engine_frames` 0 the
+    engines."""
     load_before = os.getloadavg()[0]
     generator = build_generator(config)
     cap = config.capture
@@ -527,5 +632,6 @@ def run_bench(
             if paced_s > 0
             else ()
         )
+        engines = compare_engines(config, engine_frames, tmp) if engine_frames > 0 else ()
     warp = compare_warp(config, generator, warp_runs, skimage_runs) if warp_runs > 0 else None
-    return BenchResult(unpaced, paced, warp, load_before)
+    return BenchResult(unpaced, paced, warp, load_before, engines)

@@ -282,8 +282,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
         paced_s=args.paced_s,
         warp_runs=args.warp_runs,
         skimage_runs=args.skimage_runs,
+        engine_frames=args.engine_frames,
     )
     print(result.report(config))
+    return 0
+
+
+def cmd_engines(args: argparse.Namespace) -> int:
+    """Export the landmark networks to ONNX, check them with onnxruntime against torch, and
+    build the TensorRT engines where TensorRT and a GPU are there (`make engines`)."""
+    from daemon.errors import EngineUnavailable
+    from engines.onnx_export import check_onnx, export_onnx
+    from engines.select import choose_engines
+    from engines.tensorrt_runtime import engine_cache_dir
+
+    config = _load(args.config)
+    cache = Path(args.out) if args.out else engine_cache_dir(config.engine_cache_dir)
+    paths = export_onnx(cache / "onnx", progress=True)
+    for name, diff in check_onnx(cache / "onnx").items():
+        print(f"{name}: onnxruntime vs torch, max abs difference {diff:.2e}")
+    print(f"ONNX: {len(paths)} networks in {cache / 'onnx'}")
+    try:
+        choose_engines("tensorrt")
+    except EngineUnavailable as exc:
+        print(f"TensorRT engines: not built here ({str(exc).split(' but ', 1)[-1]})")
+        return 0
+    from engines.trt_landmarks import tensorrt_networks
+
+    built = tensorrt_networks(cache, config.tracking.max_faces, progress=True)
+    print(f"TensorRT engines: {', '.join(built)} in {cache}")
     return 0
 
 
@@ -420,7 +447,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="timed runs of scikit-image's warp, ~1 s each (0: skip; default: %(default)s)",
     )
+    bench.add_argument(
+        "--engine-frames",
+        type=int,
+        default=100,
+        metavar="N",
+        help="frames per engine (cpu, cuda, tensorrt) at 720p and 1080p, side by side "
+        "(0: skip; default: %(default)s)",
+    )
     bench.set_defaults(func=cmd_bench)
+
+    engines = sub.add_parser(
+        "engines",
+        help="export the landmark networks to ONNX (checked with onnxruntime) and build "
+        "TensorRT engines where TensorRT and an NVIDIA GPU are present",
+    )
+    engines.add_argument("--out", help="engine cache folder (default: engine_cache_dir)")
+    engines.set_defaults(func=cmd_engines)
 
     doc = sub.add_parser(
         "config-doc",

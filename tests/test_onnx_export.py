@@ -4,6 +4,8 @@ manifest an engine cache can key on."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +101,28 @@ def test_export_is_reproducible_and_a_changed_file_is_caught(exported, networks,
         stream.write(b"\0")
     with pytest.raises(ValueError, match="sha256 differs"):
         check_onnx(tmp_path, networks)
+
+
+def test_engines_command_exports_checks_and_says_why_no_tensorrt(tmp_path):
+    """`make engines`: ONNX files + manifest in the cache, each checked by onnxruntime."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon", "engines", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    diffs = {
+        line.split(":")[0]: float(line.rsplit(" ", 1)[1]) for line in lines if "onnxruntime" in line
+    }
+    assert set(diffs) == {"face_detector", "face_landmark", "iris_landmark"}
+    assert all(d < 1e-3 for d in diffs.values()), diffs
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [
+        "face_detector.onnx",
+        "face_landmark.onnx",
+        "iris_landmark.onnx",
+        "manifest.json",
+    ]
+    assert "ONNX export: 100%" in proc.stderr  # the progress bar
+    assert lines[-1].startswith("TensorRT engines: not built here (no NVIDIA GPU")

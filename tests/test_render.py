@@ -141,9 +141,11 @@ def test_bench_prints_per_stage_latency_and_loop_fps(tmp_path):
         "2",
         "--skimage-runs",
         "0",
+        "--engine-frames",
+        "4",
     )
     assert result.returncode == 0, result.stderr
-    header, *unpaced, paced, warp, targets = result.stdout.strip().split("\n\n")
+    header, *unpaced, paced, warp, engines, targets = result.stdout.strip().split("\n\n")
     assert header.startswith("Talking Head Cam bench: output 320x240 @ 30 fps, driver 1280x720")
 
     assert len(unpaced) == 2 and unpaced[1].splitlines()[0].endswith("OpenCV threads: 1")
@@ -168,6 +170,16 @@ def test_bench_prints_per_stage_latency_and_loop_fps(tmp_path):
     assert lines[0].startswith("warp: ours (daemon.warp.warp_image) vs scikit-image")
     assert [line.split(",")[0] for line in lines[3:-1]] == ["ours"] * 2
     assert lines[-1] == "scikit-image: skipped (--skimage-runs 0)"
+
+    lines = engines.splitlines()
+    assert lines[0].startswith("engines side by side (unpaced, whole pipeline")
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in lines[2:]}
+    for size in ("1280x720", "1920x1080"):  # the CPU path at both sizes, every stage timed
+        cells = [float(c) for c in rows["cpu", size]]
+        assert len(cells) == 6 and all(c > 0 for c in cells), (size, cells)
+    no_gpu = [line for line in lines[2:] if not line.startswith("cpu")]
+    assert [line.split()[0] for line in no_gpu] == ["cuda", "tensorrt"]
+    assert all("unavailable: " in line for line in no_gpu)
 
     names = [line.split(":")[0] for line in targets.splitlines()]
     assert names == [
