@@ -29,13 +29,15 @@ CAMERA_MIN_DIFF = 30.0
 
 def camera_clip(dest: Path, fallback_face: np.ndarray) -> Path:
     """What the daemon's "camera" shows: a real person talking (a dev clip, when
-    ../shared/data is there), else another face drifting. Never the avatar.
+    ../shared/data is there), else another face drifting (letterboxed, so it is tracked
+    too). Never the avatar.
 
     One frame a second: under emulation the daemon's face tracking takes ~0.5 s a frame,
     which at a real camera's rate would leave no time to publish."""
     if not DRIVING_CLIP.is_file():
         size = (WIDTH, HEIGHT)
-        return write_video(dest, fallback_face, frames=6, fps=CAMERA_FPS, size=size)
+        face = letterbox(fallback_face, WIDTH, HEIGHT)
+        return write_video(dest, face, frames=6, fps=CAMERA_FPS, size=size)
     frames, fps = read_video(DRIVING_CLIP)
     writer = cv2.VideoWriter(
         str(dest), cv2.VideoWriter.fourcc(*"mp4v"), CAMERA_FPS, (WIDTH, HEIGHT)
