@@ -7,7 +7,9 @@ face model (the attention mesh) than the classic path we port:
   fraction of a pixel;
 - our 478 points (mesh, iris-refined eyelids, irises) against the CPU backend: they differ
   by the two models' disagreement, which grows with the face (about 1 px on a 140 px face,
-  2-3.5 px on 300-400 px faces), so that bound is relative to the face size.
+  2-3.5 px on 300-400 px faces), so that bound is relative to the face size;
+- what the daemon makes of them: the motion stage's head pose, mouth and eye openness from
+  either tracker on the same clip (each relative to its own neutral, as in the daemon).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import pytest
 import torch
 from conftest import SHARED_DATA
 
-from daemon.config import MediaPipeTrackingConfig
+from daemon.config import MediaPipeTrackingConfig, MotionConfig
 from daemon.landmarks import MediaPipeLandmarks
+from daemon.motion import MotionEstimator
 from engines.landmark_nets import TFLiteNet, load_networks
 from engines.landmark_path import (
     Detections,
@@ -38,6 +41,13 @@ CLIPS = SHARED_DATA / "driving"
 CLIP_FRAMES = 30
 CLASSIC_MAX_PX = 0.15  # same networks, same pipeline: float rounding only
 BACKEND_MAX_FRACTION = 0.012  # of the face's bounding-box diagonal (Landmarks.size)
+MOTION_CLIPS = ("talk_blinks_a.mp4", "talk_head_turns.mp4")
+MOTION_FRAMES = 90
+# measured on 150 frames of each dev clip: pose 0.2-2.9° mean apart, mouth r 0.87-0.93,
+# eye openness r 0.82-0.99
+MOTION_MAX_POSE_DEG = 3.0
+MOTION_MIN_MOUTH_R = 0.8
+MOTION_MIN_EYE_R = 0.75
 IRIS = slice(468, 478)
 
 
@@ -241,3 +251,47 @@ def test_weighted_nms_blends_overlaps_and_keeps_separate_faces():
     np.testing.assert_allclose(merged.keypoints[0, :, 0].numpy(), 0.04, atol=1e-6)
     only_one = weighted_nms(Detections(boxes, keypoints, scores), 0.3, max_faces=1)
     assert len(only_one) == 1 and only_one.scores.item() == pytest.approx(0.9)
+
+
+def _motion_tracks(networks, path) -> np.ndarray:
+    """Per frame: (yaw, pitch, roll, mouth_open, right eye, left eye) from the MediaPipe
+    backend and from ours, side by side: (frames, 6, 2)."""
+    config = MediaPipeTrackingConfig()
+    trackers = (MediaPipeLandmarks(config), TorchLandmarkDetector(config, networks=networks))
+    estimators = [MotionEstimator(MotionConfig()) for _ in trackers]
+    capture, rows = cv2.VideoCapture(str(path)), []
+    try:
+        for index in range(MOTION_FRAMES):
+            ok, frame = capture.read()
+            if not ok:
+                break
+            t = index / 30.0
+            found = [tracker.detect(frame, t, index) for tracker in trackers]
+            if None in found:
+                continue
+            if not rows:  # the same moment is both neutrals
+                for estimator, landmarks in zip(estimators, found, strict=True):
+                    estimator.set_neutral(landmarks.points, explicit=True)
+            motions = [e.measure(lm, t) for e, lm in zip(estimators, found, strict=True)]
+            rows.append([(m.yaw, m.pitch, m.roll, m.mouth_open, *m.eye_open) for m in motions])
+    finally:
+        capture.release()
+        for tracker in trackers:
+            tracker.close()
+    return np.transpose(np.array(rows), (0, 2, 1))
+
+
+@pytest.mark.parametrize("clip", MOTION_CLIPS)
+def test_motion_from_either_tracker_agrees(networks, clip):
+    path = CLIPS / clip
+    if not path.is_file():
+        pytest.skip(f"dev clip not present: {path} (see ../shared/data/README.md)")
+    tracks = _motion_tracks(networks, path)
+    assert len(tracks) >= 0.9 * MOTION_FRAMES, f"{clip}: a face in only {len(tracks)} frames"
+    pose_deg = np.abs(tracks[:, :3, 0] - tracks[:, :3, 1]).mean(0)
+    r = [float(np.corrcoef(tracks[:, i, 0], tracks[:, i, 1])[0, 1]) for i in range(3, 6)]
+    measured = f"{clip}: pose apart {np.round(pose_deg, 2)} deg, mouth r {r[0]:.3f}, eyes r "
+    measured += f"{r[1]:.3f}/{r[2]:.3f}"
+    assert pose_deg.max() <= MOTION_MAX_POSE_DEG, measured
+    assert r[0] >= MOTION_MIN_MOUTH_R, measured
+    assert min(r[1:]) >= MOTION_MIN_EYE_R, measured
