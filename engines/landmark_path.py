@@ -111,6 +111,8 @@ class Detections:
         return int(self.scores.shape[0])
 
     def select(self, mask_or_index: torch.Tensor) -> Detections:
+        if mask_or_index.dtype == torch.bool:  # one nonzero (a host sync on CUDA), not three
+            mask_or_index = torch.nonzero(mask_or_index).squeeze(1)
         return Detections(
             self.boxes[mask_or_index], self.keypoints[mask_or_index], self.scores[mask_or_index]
         )
@@ -128,7 +130,7 @@ def decode_detections(
     """One image's raw SSD outputs ((896, 16), (896, 1)) as detections above `min_score`,
     coordinates as fractions of the detector input."""
     scores = torch.sigmoid(classificators[:, 0].clamp(-SCORE_CLIP, SCORE_CLIP))
-    keep = scores >= min_score
+    keep = torch.nonzero(scores >= min_score).squeeze(1)  # the one host sync here (CUDA)
     raw, anchor, scores = regressors[keep], anchors[keep], scores[keep]
     center = raw[:, 0:2] / DETECTOR_SCALE + anchor
     half = raw[:, 2:4] / DETECTOR_SCALE / 2
@@ -164,18 +166,20 @@ def weighted_nms(detections: Detections, iou_threshold: float, max_faces: int) -
     boxes, keypoints, scores = [], [], []
     for _ in range(min(max_faces, count)):
         # sorted by score: the first remaining one is the best; none left gives index 0
-        # of an all-false mask, caught by `alive` below without a device sync per step
-        best = torch.argmax(remaining.float())
+        # of an all-false mask, caught by `alive` below without a device sync per step.
+        # `best` is a 1-element tensor, not a 0-d one: indexing with a 0-d tensor calls
+        # .item() (a host sync on CUDA), a 1-element index stays on the device.
+        best = torch.argmax(remaining.float(), dim=0, keepdim=True)
         alive = remaining[best]
         # a degenerate (zero-area) best box still counts as overlapping itself
-        cluster = remaining & ((iou[best] > iou_threshold) | (positions == best))
+        cluster = remaining & ((iou[best][0] > iou_threshold) | (positions == best))
         weights = detections.scores * cluster
         total = weights.sum().clamp(min=1e-12)
         boxes.append((weights[:, None] * detections.boxes).sum(0) / total)
         keypoints.append((weights[:, None, None] * detections.keypoints).sum(0) / total)
         scores.append(torch.where(alive, detections.scores[best], -1.0))
         remaining = remaining & ~cluster
-    merged = Detections(torch.stack(boxes), torch.stack(keypoints), torch.stack(scores))
+    merged = Detections(torch.stack(boxes), torch.stack(keypoints), torch.cat(scores))
     return merged.select(merged.scores >= 0)
 
 
@@ -299,6 +303,12 @@ class TorchFaceMesh:
             torch.tensor(LEFT_EYE_REFINED, device=self.device),
         )
         self.mirrored_iris_order = torch.tensor(MIRRORED_IRIS_ORDER, device=self.device)
+        # on the device once: a Python index sequence would be uploaded (a sync) per frame
+        self.eye_corners = (
+            torch.tensor(RIGHT_EYE_CORNERS, device=self.device),
+            torch.tensor(LEFT_EYE_CORNERS, device=self.device),
+        )
+        self._letterboxes: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
         self._tracked: torch.Tensor | None = None  # (K, 5) ROIs from the last meshes
 
     def reset(self) -> None:
@@ -310,9 +320,13 @@ class TorchFaceMesh:
         """Detector on a (1, 3, H, W) 0..255 float image: detections in pixels."""
         height, width = image.shape[-2:]
         side = float(max(height, width))
-        letterbox = torch.tensor(
-            [[width / 2, height / 2, side, side, 0.0]], device=image.device, dtype=image.dtype
-        )
+        key = (height, width, image.dtype)
+        letterbox = self._letterboxes.get(key)
+        if letterbox is None:  # built once per frame size: an upload syncs the host
+            letterbox = torch.tensor(
+                [[width / 2, height / 2, side, side, 0.0]], device=image.device, dtype=image.dtype
+            )
+            self._letterboxes[key] = letterbox
         size = NETWORKS["face_detector"].input_size
         tensor = crop_rois(image, letterbox, size, NETWORKS["face_detector"].input_range, True)
         regressors, classificators = self.networks["face_detector"](tensor)
@@ -354,8 +368,9 @@ class TorchFaceMesh:
         """(N, 478, 3): the meshes refined by the iris model on both eyes."""
         spec = NETWORKS["iris_landmark"]
         size = spec.input_size
-        right = rois_from_points(mesh[:, RIGHT_EYE_CORNERS], 0, 1, EYE_ROI_SCALE)
-        left = rois_from_points(mesh[:, LEFT_EYE_CORNERS], 0, 1, EYE_ROI_SCALE)
+        right_corners, left_corners = self.eye_corners
+        right = rois_from_points(mesh[:, right_corners], 0, 1, EYE_ROI_SCALE)
+        left = rois_from_points(mesh[:, left_corners], 0, 1, EYE_ROI_SCALE)
         crops = torch.cat(
             [
                 crop_rois(image, right, size, spec.input_range, False),
@@ -416,6 +431,14 @@ def _axis_aligned(rois: torch.Tensor) -> torch.Tensor:
     return torch.cat([rois[:, :2] - half, rois[:, :2] + half], 1)
 
 
+def _scale_points(points: torch.Tensor, x_ratio: float, y_ratio: float) -> torch.Tensor:
+    """(K, P, 3) points with x and z times x_ratio, y times y_ratio: scalars, so nothing is
+    uploaded (a torch.tensor(..., device=cuda) would wait for the device)."""
+    return torch.cat(
+        [points[..., :1] * x_ratio, points[..., 1:2] * y_ratio, points[..., 2:] * x_ratio], -1
+    )
+
+
 def downscaled(image_rgb: torch.Tensor, max_width: int) -> torch.Tensor:
     """A uint8 (H, W, 3) frame no wider than max_width (area averaging, like cv2.INTER_AREA)."""
     height, width = image_rgb.shape[:2]
@@ -466,11 +489,8 @@ class TorchLandmarkDetector:
         if len(faces) == 0:
             self._previous = None
             return None
-        scale = torch.tensor(
-            [width / small.shape[1], height / small.shape[0], width / small.shape[1]],
-            device=faces.device,
-        )
-        arrays = list((faces * scale).cpu().numpy().astype(np.float32))
+        scaled = _scale_points(faces, width / small.shape[1], height / small.shape[0])
+        arrays = list(scaled.cpu().numpy().astype(np.float32))  # the one readback
         chosen = choose_face(arrays, self._previous, width, height)
         landmarks = Landmarks(arrays[chosen], width, height, t_capture, index, len(arrays))
         self._previous = landmarks
@@ -482,8 +502,7 @@ class TorchLandmarkDetector:
         height, width = image_rgb.shape[:2]
         small = downscaled(image_rgb, self.MAX_WIDTH)
         faces = self.pipeline.process(small)
-        ratio = width / small.shape[1]
-        return faces * torch.tensor([ratio, height / small.shape[0], ratio], device=faces.device)
+        return _scale_points(faces, width / small.shape[1], height / small.shape[0])
 
     def _redetect_when_due(self, t_capture: float) -> None:
         redetect_s = self.config.redetect_s

@@ -75,9 +75,16 @@ class BuildTarget:
         )
 
 
-def engine_key(target: BuildTarget, onnx_sha256: str, precision: Precision) -> str:
-    """16 hex digits, stable for the same inputs and different when any one changes."""
-    parts = [
+def engine_key(
+    target: BuildTarget,
+    onnx_sha256: str,
+    precision: Precision,
+    inputs: Mapping[str, tuple[int, ...]] | None = None,
+) -> str:
+    """16 hex digits, stable for the same inputs and different when any one changes.
+    `inputs`: the engine's input shapes; a dynamic batch fixed by the profile is not in the
+    ONNX file's hash, and a plan built for another batch must not be a hit."""
+    parts: list[object] = [
         KEY_VERSION,
         target.gpu_name,
         target.compute_capability,
@@ -85,6 +92,8 @@ def engine_key(target: BuildTarget, onnx_sha256: str, precision: Precision) -> s
         onnx_sha256,
         precision,
     ]
+    if inputs:
+        parts.append(sorted((name, list(shape)) for name, shape in inputs.items()))
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -134,7 +143,7 @@ def expected_record(
     sha = onnx_sha256 or file_sha256(onnx_path)
     return EngineRecord(
         network=onnx_path.stem,
-        key=engine_key(target, sha, precision),
+        key=engine_key(target, sha, precision, inputs),
         gpu_name=target.gpu_name,
         compute_capability=target.compute_capability,
         tensorrt_version=target.tensorrt_version,
@@ -426,7 +435,11 @@ def build_engine(
     trt = import_tensorrt()
     target = current_target(trt, device)
     precision: Precision = "fp16" if fp16 else "fp32"
-    expected = expected_record(onnx_path, target, precision, inputs=onnx_inputs(onnx_path))
+    declared = onnx_inputs(onnx_path)
+    # the shapes the engine is built for (a dynamic batch fixed by input_shapes) are part
+    # of its key: otherwise a plan for another max_faces would be a cache hit
+    shapes = profile_shapes(declared, input_shapes)
+    expected = expected_record(onnx_path, target, precision, inputs={**declared, **shapes})
     timing_path = timing_cache_path(cache_dir, target)
     path, _ = ensure_engine(
         expected,

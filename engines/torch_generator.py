@@ -43,6 +43,7 @@ from engines.torch_warp import (
     rasterize_ids,
     sample,
     to_fixed,
+    upload,
     upsample_map,
 )
 
@@ -74,7 +75,7 @@ def resolve_device(name: str) -> torch.device:
 def _image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     """(H, W[, C]) uint8 → (C, H, W) float32 on the device: 8-bit levels as floats."""
     planes = image[:, :, None] if image.ndim == 2 else image
-    return torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1))).to(device).float()
+    return upload(planes.transpose(2, 0, 1), device).float()
 
 
 def _inverse_affine(matrix: np.ndarray) -> list[list[float]]:
@@ -144,17 +145,15 @@ class TorchMeshGenerator(MeshGenerator):
         table = np.empty((6, len(triangles) + 1), np.float32)
         table[:, 1:] = affines.reshape(-1, 6).T
         table[:, 0] = (0, 0, -1, 0, 0, -1)  # no triangle: outside the source
-        corners = to_fixed(torch.from_numpy(grid[triangles]).to(self.device))
+        corners = to_fixed(upload(grid[triangles], self.device))
         ids = rasterize_ids(
             corners,
-            torch.from_numpy(order).to(self.device),
+            upload(order, self.device),
             -(-roi.height // scale),
             -(-roi.width // scale),
         )
         origin = (roi.x0 + 0.5 * scale - 0.5, roi.y0 + 0.5 * scale - 0.5)
-        map_x, map_y = affine_maps(
-            grow_ids(ids), torch.from_numpy(table).to(self.device), origin, scale
-        )
+        map_x, map_y = affine_maps(grow_ids(ids), upload(table, self.device), origin, scale)
         map_x = upsample_map(map_x, scale, roi.height, roi.width)
         map_y = upsample_map(map_y, scale, roi.height, roi.width)
         return sample(self.texture, map_x, map_y)
@@ -226,7 +225,7 @@ class TorchMeshGenerator(MeshGenerator):
         x0, y0 = layer.origin
         height, width = layer.mask.shape
         box = _image_tensor(layer.box, self.device)
-        mask = torch.from_numpy(layer.mask).to(self.device).float()
+        mask = upload(layer.mask, self.device).float()
         paint_over(person[:, y0 : y0 + height, x0 : x0 + width], box, mask)
 
     def _patch_to_output(self, patch: torch.Tensor, roi: Roi) -> tuple[Roi, torch.Tensor]:

@@ -40,6 +40,20 @@ U_COEFFS = (-155188, -305135, 460324)
 V_COEFFS = (460324, -385875, -74448)
 
 
+# ---------------------------------------------------------------- uploads
+
+
+def upload(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """A host array on `device`. To CUDA through page-locked memory with an async copy: a
+    plain .to(cuda) from pageable memory makes the host wait for the whole stream first
+    (torch synchronises after a blocking copy), which serialises the per-frame numpy work
+    with the GPU's. The caching host allocator keeps the pinned block until the copy ran."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 # ---------------------------------------------------------------- rasterisation
 
 
@@ -57,9 +71,10 @@ def _candidate_pixels(
     low = (corners.min(1).values + half) >> SUBPIXEL_BITS  # (K, 2) whole pixels
     high = (corners.max(1).values + half) >> SUBPIXEL_BITS
     low = low.clamp(min=0)
-    high = torch.minimum(high, torch.tensor([width - 1, height - 1], device=corners.device))
+    high = torch.stack([high[:, 0].clamp(max=width - 1), high[:, 1].clamp(max=height - 1)], 1)
     spans = (high - low + 1).clamp(min=0)
     counts = spans[:, 0] * spans[:, 1]
+    # the candidates' number is data-dependent: the one host sync of the rasteriser (on CUDA)
     triangle = torch.repeat_interleave(torch.arange(len(corners), device=corners.device), counts)
     starts = torch.cumsum(counts, 0) - counts
     local = torch.arange(len(triangle), device=corners.device) - starts[triangle]
@@ -231,9 +246,11 @@ def rasterize_ids(
     drawn = corners[order]
     triangle, xs, ys = _candidate_pixels(drawn, height, width)
     keep = _painted(drawn, triangle, xs, ys, height, width)
-    triangle, xs, ys = triangle[keep], xs[keep], ys[keep]
+    # candidates lie inside the image: the ones not kept scatter rank 0, which changes
+    # nothing under amax (no boolean compaction, so no host sync on CUDA)
     rank = torch.zeros(height * width, dtype=torch.long, device=corners.device)
-    rank.scatter_reduce_(0, ys * width + xs, triangle + 1, reduce="amax", include_self=True)
+    drawn_rank = torch.where(keep, triangle + 1, 0)
+    rank.scatter_reduce_(0, ys * width + xs, drawn_rank, reduce="amax", include_self=True)
     lookup = torch.cat([order.new_zeros(1), order + 1])
     return lookup[rank].view(height, width)
 
@@ -335,7 +352,7 @@ def polygon_mask(
     snapped = np.round(np.asarray(polygon, np.float64) * SUBPIXEL) / SUBPIXEL
     snapped[:, 1] = np.floor(snapped[:, 1] + 0.5)
     edges = np.hstack([snapped, np.roll(snapped, -1, 0)])  # (N, 4): x0 y0 x1 y1
-    edges_t = torch.from_numpy(edges).to(device)
+    edges_t = upload(edges, device)
     xs = torch.arange(width, dtype=torch.float64, device=device)
     ys = torch.arange(height, dtype=torch.float64, device=device)
     inside = _scanline_inside(edges_t, xs, ys)
@@ -377,7 +394,7 @@ def _edge_strength(
         1,
     )
     slope, major, low_x, low_y, high_x, high_y = (
-        column[:, None, None] for column in torch.from_numpy(per_edge).to(xs.device).unbind(1)
+        column[:, None, None] for column in upload(per_edge, xs.device).unbind(1)
     )
     x0, y0 = edges_t[:, 0, None, None], edges_t[:, 1, None, None]
     rows, cols = ys[:, None], xs[None, :]
@@ -388,7 +405,7 @@ def _edge_strength(
     is_major = major > 0
     distance = torch.where(is_major, vertical, horizontal)
     within = torch.where(is_major, along_x, along_y)
-    profile = torch.tensor(EDGE_PROFILE, dtype=xs.dtype, device=xs.device) / 255.0
+    profile = upload(np.array(EDGE_PROFILE, np.float64) / 255.0, xs.device).to(xs.dtype)
     position = (distance * EDGE_PROFILE_STEPS).clamp(max=len(EDGE_PROFILE) - 1)
     low = position.floor().long()
     high = (low + 1).clamp(max=len(EDGE_PROFILE) - 1)

@@ -48,6 +48,7 @@ class EngineModule(torch.nn.Module):
         self.output_names = NETWORKS[name].output_names
         # TorchFaceMesh finds its device from a network's parameters
         self._device_anchor = torch.nn.Parameter(torch.empty(0, device=device), False)
+        self._stream: torch.cuda.Stream | None = None  # the engine's own, made on first use
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         count = x.shape[0]
@@ -56,8 +57,18 @@ class EngineModule(torch.nn.Module):
         buffer = self._runner.inputs[INPUT_NAME]
         buffer[:count].copy_(x)
         buffer[count:].zero_()
-        stream = torch.cuda.current_stream(x.device) if x.is_cuda else None
-        outputs = self._runner.run({INPUT_NAME: buffer}, stream)
+        if not x.is_cuda:
+            outputs = self._runner.run({INPUT_NAME: buffer}, None)
+            return tuple(outputs[n][:count].clone() for n in self.output_names)
+        # The caller is usually on torch's legacy default stream, on which TensorRT's
+        # enqueueV3 adds cudaStreamSynchronize calls of its own: run the engine on a stream
+        # of its own, ordered after the input is written and before the outputs are read.
+        caller = torch.cuda.current_stream(x.device)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(x.device)
+        self._stream.wait_stream(caller)
+        outputs = self._runner.run({INPUT_NAME: buffer}, self._stream)
+        caller.wait_stream(self._stream)
         return tuple(outputs[n][:count].clone() for n in self.output_names)
 
 
