@@ -373,3 +373,12 @@ def test_build_sets_precision_workspace_and_keeps_the_timing_cache(
     fp32 = FakeTrt([])
     rt._build_plan(fp32, onnx_file, "fp32", tmp_path / "new.cache", None, 512)
     assert fp32.config.flags == [] and fp32.config.timing_loaded == b""
+
+
+def test_key_changes_with_the_batch_an_engine_is_built_for() -> None:
+    """The ONNX files have a dynamic batch that the profile fixes (max_faces): a plan built
+    for one face must not be reused for three."""
+    one = engine_key(H100, SHA, "fp16", {"image": (1, 3, 192, 192)})
+    assert one == engine_key(H100, SHA, "fp16", {"image": (1, 3, 192, 192)})
+    assert one != engine_key(H100, SHA, "fp16", {"image": (3, 3, 192, 192)})
+    assert one != engine_key(H100, SHA, "fp16")
