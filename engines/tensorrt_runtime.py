@@ -449,11 +449,6 @@ def build_engine(
     return path
 
 
-def build_engines(onnx_paths: Iterable[Path], cache_dir: Path, fp16: bool = True) -> list[Path]:
-    """build_engine for each exported network (what `make engines` runs after export)."""
-    return [build_engine(Path(p), cache_dir, fp16) for p in onnx_paths]
-
-
 # ---------------------------------------------------------------- running a plan
 
 
