@@ -54,16 +54,20 @@ def triangle_affines(
     triangles: np.ndarray, dest: np.ndarray, source: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per triangle, the affine map dest → source as (T, 2, 3), and which triangles are
-    usable (non-degenerate in the output)."""
-    d = dest[triangles]  # (T, 3, 2)
-    s = source[triangles]
-    ones = np.ones((len(triangles), 3, 1))
-    dh = np.concatenate([d, ones], axis=2)  # rows [x, y, 1]
-    det = np.linalg.det(dh)
+    usable (non-degenerate in the output). Closed form: the linear part maps the dest
+    edges (e1, e2) onto the source edges (f1, f2), A = [f1 f2]·[e1 e2]⁻¹."""
+    d = dest[triangles].astype(np.float64)  # (T, 3, 2)
+    s = source[triangles].astype(np.float64)
+    e1, e2 = d[:, 1] - d[:, 0], d[:, 2] - d[:, 0]
+    f1, f2 = s[:, 1] - s[:, 0], s[:, 2] - s[:, 0]
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
     valid = np.abs(det) > 1e-6
-    safe = np.where(valid[:, None, None], dh, np.eye(3))
-    coeffs = np.linalg.solve(safe, s)  # (T, 3, 2): [x y 1] @ coeffs = [sx sy]
-    return np.transpose(coeffs, (0, 2, 1)), valid
+    inv_det = np.where(valid, 1.0 / np.where(valid, det, 1.0), 0.0)[:, None]
+    affines = np.empty((len(triangles), 2, 3))
+    affines[:, :, 0] = (f1 * e2[:, 1:] - f2 * e1[:, 1:]) * inv_det
+    affines[:, :, 1] = (f2 * e1[:, :1] - f1 * e2[:, :1]) * inv_det
+    affines[:, :, 2] = s[:, 0] - np.einsum("tij,tj->ti", affines[:, :, :2], d[:, 0])
+    return affines, valid
 
 
 def signed_areas(triangles: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -80,9 +84,10 @@ def rasterize_ids(
     ids = np.zeros((-(-roi.height // scale), -(-roi.width // scale)), np.int32)
     offset = np.array([roi.x0, roi.y0])
     fixed = np.round((dest - offset + 0.5 - 0.5 * scale) / scale * (1 << SUBPIXEL_BITS))
-    corners = fixed.astype(np.int32)[triangles]
-    for index in order:
-        cv2.fillConvexPoly(ids, corners[index], int(index) + 1, cv2.LINE_8, SUBPIXEL_BITS)
+    corners = fixed.astype(np.int32)[triangles[order]]
+    fill = cv2.fillConvexPoly
+    for polygon, value in zip(corners, (order + 1).tolist(), strict=True):
+        fill(ids, polygon, value, cv2.LINE_8, SUBPIXEL_BITS)
     return ids
 
 
