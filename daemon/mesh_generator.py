@@ -596,26 +596,30 @@ class MeshGenerator:
         points = np.vstack([dest[used, :2], self.to_work(self.rest[used, :2])])
         return Roi.around(points, 2.0, *self.work_size)
 
-    def _to_output(self, patch: np.ndarray, roi: Roi) -> tuple[Roi, np.ndarray]:
-        """Scale a working-resolution patch up exactly as cv2.resize scales the whole working
-        frame, for the output pixels whose samples lie inside the patch (no seams)."""
+    def output_box(self, roi: Roi) -> tuple[Roi, list[list[float]]]:
+        """The output pixels whose samples lie inside a working-resolution ROI, and the
+        output → working affine map that scales the patch up exactly as cv2.resize scales
+        the whole working frame (no seams). Shared with the torch generator."""
         kx, ky = self.work_per_output
-        if (kx, ky) == (1.0, 1.0):
-            return roi, patch
         x0 = int(np.ceil((roi.x0 + 0.5) / kx - 0.5))
         y0 = int(np.ceil((roi.y0 + 0.5) / ky - 0.5))
         x1 = min(self.width, int(np.floor((roi.x1 - 1 + 0.5) / kx - 0.5)) + 1)
         y1 = min(self.height, int(np.floor((roi.y1 - 1 + 0.5) / ky - 0.5)) + 1)
         out = Roi(max(x0, 0), max(y0, 0), x1, y1)
-        inverse = np.float32(
-            [
-                [kx, 0, (out.x0 + 0.5) * kx - 0.5 - roi.x0],
-                [0, ky, (out.y0 + 0.5) * ky - 0.5 - roi.y0],
-            ]
-        )
+        inverse = [
+            [kx, 0.0, (out.x0 + 0.5) * kx - 0.5 - roi.x0],
+            [0.0, ky, (out.y0 + 0.5) * ky - 0.5 - roi.y0],
+        ]
+        return out, inverse
+
+    def _to_output(self, patch: np.ndarray, roi: Roi) -> tuple[Roi, np.ndarray]:
+        """Scale a working-resolution patch up to the output (see output_box)."""
+        if self.work_per_output == (1.0, 1.0):
+            return roi, patch
+        out, inverse = self.output_box(roi)
         up = cv2.warpAffine(
             patch,
-            inverse,
+            np.float32(inverse),
             (out.width, out.height),
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,

@@ -230,18 +230,9 @@ class TorchMeshGenerator(MeshGenerator):
 
     def _patch_to_output(self, patch: torch.Tensor, roi: Roi) -> tuple[Roi, torch.Tensor]:
         """The working-resolution patch scaled up as MeshGenerator._to_output scales it."""
-        kx, ky = self.work_per_output
-        if (kx, ky) == (1.0, 1.0):
+        if self.work_per_output == (1.0, 1.0):
             return roi, patch
-        x0 = int(np.ceil((roi.x0 + 0.5) / kx - 0.5))
-        y0 = int(np.ceil((roi.y0 + 0.5) / ky - 0.5))
-        x1 = min(self.width, int(np.floor((roi.x1 - 1 + 0.5) / kx - 0.5)) + 1)
-        y1 = min(self.height, int(np.floor((roi.y1 - 1 + 0.5) / ky - 0.5)) + 1)
-        out = Roi(max(x0, 0), max(y0, 0), x1, y1)
-        inverse = [
-            [kx, 0.0, (out.x0 + 0.5) * kx - 0.5 - roi.x0],
-            [0.0, ky, (out.y0 + 0.5) * ky - 0.5 - roi.y0],
-        ]
+        out, inverse = self.output_box(roi)
         return out, affine_sample(patch, inverse, out.height, out.width, replicate=True)
 
 
