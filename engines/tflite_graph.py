@@ -11,6 +11,7 @@ misread graph would give plausible but wrong landmarks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,69 +111,14 @@ def _read_options(options_class: type, table: Any, fields: dict[str, str]) -> di
     return {key: getattr(options, getter)() for key, getter in fields.items()}
 
 
-def _conv_options(table: Any) -> dict[str, Any]:
-    opts = _read_options(
-        tflite.Conv2DOptions,
-        table,
-        {
-            "padding": "Padding",
-            "stride_h": "StrideH",
-            "stride_w": "StrideW",
-            "dilation_h": "DilationHFactor",
-            "dilation_w": "DilationWFactor",
-            "activation": "FusedActivationFunction",
-        },
-    )
-    return _named_enums(opts)
+_ACTIVATION = {"activation": "FusedActivationFunction"}
+_WINDOW = {"padding": "Padding", "stride_h": "StrideH", "stride_w": "StrideW"}
+_DILATION = {"dilation_h": "DilationHFactor", "dilation_w": "DilationWFactor"}
 
 
-def _depthwise_options(table: Any) -> dict[str, Any]:
-    opts = _read_options(
-        tflite.DepthwiseConv2DOptions,
-        table,
-        {
-            "padding": "Padding",
-            "stride_h": "StrideH",
-            "stride_w": "StrideW",
-            "dilation_h": "DilationHFactor",
-            "dilation_w": "DilationWFactor",
-            "depth_multiplier": "DepthMultiplier",
-            "activation": "FusedActivationFunction",
-        },
-    )
-    return _named_enums(opts)
-
-
-def _pool_options(table: Any) -> dict[str, Any]:
-    opts = _read_options(
-        tflite.Pool2DOptions,
-        table,
-        {
-            "padding": "Padding",
-            "stride_h": "StrideH",
-            "stride_w": "StrideW",
-            "filter_h": "FilterHeight",
-            "filter_w": "FilterWidth",
-            "activation": "FusedActivationFunction",
-        },
-    )
-    return _named_enums(opts)
-
-
-def _add_options(table: Any) -> dict[str, Any]:
-    return _named_enums(
-        _read_options(tflite.AddOptions, table, {"activation": "FusedActivationFunction"})
-    )
-
-
-def _concat_options(table: Any) -> dict[str, Any]:
-    return _named_enums(
-        _read_options(
-            tflite.ConcatenationOptions,
-            table,
-            {"axis": "Axis", "activation": "FusedActivationFunction"},
-        )
-    )
+def _options_reader(options_class: type, fields: dict[str, str]) -> Callable[[Any], dict]:
+    """A reader of one builtin options table: the named getters, enums as names."""
+    return lambda table: _named_enums(_read_options(options_class, table, fields))
 
 
 def _reshape_options(table: Any) -> dict[str, Any]:
@@ -197,13 +143,20 @@ def _named_enums(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 # The ops our three MediaPipe models use, and how to read each one's options.
+_POOL_OPTIONS = _options_reader(
+    tflite.Pool2DOptions,
+    _WINDOW | {"filter_h": "FilterHeight", "filter_w": "FilterWidth"} | _ACTIVATION,
+)
 _OPTION_READERS = {
-    "CONV_2D": _conv_options,
-    "DEPTHWISE_CONV_2D": _depthwise_options,
-    "MAX_POOL_2D": _pool_options,
-    "AVERAGE_POOL_2D": _pool_options,
-    "ADD": _add_options,
-    "CONCATENATION": _concat_options,
+    "CONV_2D": _options_reader(tflite.Conv2DOptions, _WINDOW | _DILATION | _ACTIVATION),
+    "DEPTHWISE_CONV_2D": _options_reader(
+        tflite.DepthwiseConv2DOptions,
+        _WINDOW | _DILATION | {"depth_multiplier": "DepthMultiplier"} | _ACTIVATION,
+    ),
+    "MAX_POOL_2D": _POOL_OPTIONS,
+    "AVERAGE_POOL_2D": _POOL_OPTIONS,
+    "ADD": _options_reader(tflite.AddOptions, _ACTIVATION),
+    "CONCATENATION": _options_reader(tflite.ConcatenationOptions, {"axis": "Axis"} | _ACTIVATION),
     "RESHAPE": _reshape_options,
     "PAD": _no_options,
     "PRELU": _no_options,
