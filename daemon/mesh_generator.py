@@ -671,6 +671,29 @@ class MeshGenerator:
         frame[out_roi.slices] = patch
         return frame
 
+    def eye_maps(
+        self, eyeball: Eyeball, dest: np.ndarray, box_origin: np.ndarray, gaze: tuple[float, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Affine maps into an eye box whose top-left is `box_origin` (working pixels): from
+        the eyeball's white patch, and from its iris patch moved by the gaze (kept on the
+        white). Shared with the torch generator."""
+        outer, inner = eyeball.corners
+        to_box = _similarity(
+            (self.source[outer], self.source[inner]),
+            (dest[outer, :2] - box_origin, dest[inner, :2] - box_origin),
+        )
+        patch_to_box = to_box.copy()
+        patch_to_box[:, 2] += to_box[:, :2] @ eyeball.origin
+        shift = np.clip(
+            np.array(gaze) * eyeball.width,
+            (-0.22 * eyeball.width, -0.1 * eyeball.width),
+            (0.22 * eyeball.width, 0.1 * eyeball.width),
+        )
+        half = (eyeball.iris.shape[1] - 1) / 2
+        iris_to_box = to_box.copy()
+        iris_to_box[:, 2] += to_box[:, :2] @ (eyeball.iris_center + shift - half)
+        return patch_to_box, iris_to_box
+
     def _paint_eye(
         self,
         person: np.ndarray,
@@ -694,14 +717,8 @@ class MeshGenerator:
         )
         if not mask.any():
             return
-        outer, inner = eyeball.corners
-        to_box = _similarity(
-            (self.source[outer], self.source[inner]),
-            (dest[outer, :2] - offset - (x0, y0), dest[inner, :2] - offset - (x0, y0)),
-        )
+        patch_to_box, iris_to_box = self.eye_maps(eyeball, dest, offset + np.array([x0, y0]), gaze)
         size = (x1 - x0, y1 - y0)
-        patch_to_box = to_box.copy()
-        patch_to_box[:, 2] += to_box[:, :2] @ eyeball.origin
         eye = cv2.warpAffine(
             eyeball.sclera,
             patch_to_box,
@@ -709,14 +726,6 @@ class MeshGenerator:
             flags=cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REPLICATE,
         )
-        shift = np.clip(
-            np.array(gaze) * eyeball.width,
-            (-0.22 * eyeball.width, -0.1 * eyeball.width),
-            (0.22 * eyeball.width, 0.1 * eyeball.width),
-        )
-        half = (eyeball.iris.shape[1] - 1) / 2
-        iris_to_box = to_box.copy()
-        iris_to_box[:, 2] += to_box[:, :2] @ (eyeball.iris_center + shift - half)
         iris = cv2.warpAffine(
             eyeball.iris, iris_to_box, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
         )

@@ -27,7 +27,6 @@ from daemon.mesh_generator import (
     Eyeball,
     MeshGenerator,
     MouthLayer,
-    _similarity,
     driver_mouth,
     synthetic_mouth,
 )
@@ -178,22 +177,10 @@ class TorchMeshGenerator(MeshGenerator):
             return
         height, width = y1 - y0, x1 - x0
         mask = polygon_mask(polygon - (x0, y0), height, width, self.device)
-        outer, inner = eyeball.corners
         box_origin = offset + np.array([x0, y0], np.float64)
-        to_box = _similarity(
-            (self.source[outer], self.source[inner]),
-            (dest[outer, :2] - box_origin, dest[inner, :2] - box_origin),
-        ).astype(np.float64)
-        patch_to_box = to_box.copy()
-        patch_to_box[:, 2] += to_box[:, :2] @ eyeball.origin
-        shift = np.clip(
-            np.array(gaze) * eyeball.width,
-            (-0.22 * eyeball.width, -0.1 * eyeball.width),
-            (0.22 * eyeball.width, 0.1 * eyeball.width),
+        patch_to_box, iris_to_box = (
+            m.astype(np.float64) for m in self.eye_maps(eyeball, dest, box_origin, gaze)
         )
-        half = (eyeball.iris.shape[1] - 1) / 2
-        iris_to_box = to_box.copy()
-        iris_to_box[:, 2] += to_box[:, :2] @ (eyeball.iris_center + shift - half)
         sclera, iris = textures
         eye = affine_sample(sclera, _inverse_affine(patch_to_box), height, width, replicate=True)
         iris = affine_sample(iris, _inverse_affine(iris_to_box), height, width, replicate=False)
