@@ -12,11 +12,12 @@ import os
 import re
 import signal
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
+import conftest
 import cv2
 import numpy as np
 import pytest
@@ -35,17 +36,8 @@ FPS = 20
 OUTPUT = OutputConfig(width=SIZE[0], height=SIZE[1], fps=50)
 WATCHDOG = {"WATCHDOG_USEC": "1500000"}  # pings every 0.5 s while frames flow
 OBSERVE_S = 0.6  # a fault is held this long (several retries) before it is cleared
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    """Poll an observable condition with a deadline (synchronisation, not a fixed sleep)."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return predicate()
-        pause.wait(0.005)
-    return True
+# the longest a recovery may take here (a busy 2-core machine)
+wait_until = partial(conftest.wait_until, timeout_s=10.0)
 
 
 def observe(seconds: float = OBSERVE_S) -> None:

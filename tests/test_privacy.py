@@ -9,7 +9,6 @@ The camera is a real face video of another person than the avatar (capture sourc
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import read_video, write_video
+from conftest import read_video, wait_until, write_video
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -106,16 +105,6 @@ def pipelines() -> Iterator[dict[str, Pipeline]]:
 
 ACTIONS = ("face", "noface", "stall", "error", "vanish", "jump")
 steps = st.lists(st.tuples(st.sampled_from(ACTIONS), st.integers(1, 6)), min_size=1, max_size=6)
-
-
-def wait_until(predicate, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return predicate()
-        pause.wait(0.005)
-    return True
 
 
 @settings(
