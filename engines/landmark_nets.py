@@ -1,10 +1,14 @@
-"""MediaPipe's face detector, face mesh and iris networks as torch modules.
+"""MediaPipe's face detector, face meshes (classic and attention) and iris networks as
+torch modules.
 
 The modules are built from the TFLite graphs shipped inside the mediapipe package (read by
 engines/tflite_graph.py), op by op, with the same weights. That keeps one source of truth
 for the weights (the wheel we already depend on) and gives us networks that run on CUDA,
 trace, and export to ONNX/TensorRT. Activations are NCHW inside; the TFLite layout-sensitive
-ops (PAD, RESHAPE, CONCATENATION) are translated from NHWC where they are built.
+ops (PAD, RESHAPE, CONCATENATION, STRIDED_SLICE) are translated from NHWC where they are
+built. The attention mesh's three MediaPipe custom ops (a patch matrix from landmarks,
+bilinear patch sampling, landmarks through a matrix) are written here from their
+definitions, batched, in ops that ONNX and TensorRT know (atan2, grid_sample, matmul).
 
 Inputs are float NCHW images, normalised as each model was trained (see NetworkSpec):
 the detector takes [-1, 1] (its metadata: mean 127.5, std 127.5), the face mesh [0, 1]
@@ -39,6 +43,9 @@ class NetworkSpec:
     input_size: int
     input_range: tuple[float, float]
     output_names: tuple[str, ...]
+    # the file's own output tensor names, in output order, where we rename them: checked
+    # when the network is built, so a reordered model fails instead of misreading
+    graph_output_names: tuple[str, ...] | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -63,6 +70,25 @@ NETWORKS: dict[str, NetworkSpec] = {
             ("landmarks", "face_flag"),
         ),
         NetworkSpec(
+            # FaceMesh(refine_landmarks=True)'s model: the mesh plus lips, eyes and irises
+            # from patches of its own feature map. "left" is MediaPipe's: the image's left,
+            # the subject's right eye.
+            "face_landmark_attention",
+            "modules/face_landmark/face_landmark_with_attention.tflite",
+            192,
+            (0.0, 1.0),
+            ("landmarks", "lips", "left_eye", "right_eye", "left_iris", "right_iris", "face_flag"),
+            (
+                "output_mesh_identity",
+                "output_lips",
+                "output_left_eye",
+                "output_right_eye",
+                "output_left_iris",
+                "output_right_iris",
+                "conv_faceflag",
+            ),
+        ),
+        NetworkSpec(
             "iris_landmark",
             "modules/iris_landmark/iris_landmark.tflite",
             64,
@@ -70,6 +96,13 @@ NETWORKS: dict[str, NetworkSpec] = {
             ("eye_contour", "iris"),
         ),
     )
+}
+
+
+# The networks each face model of the landmark path (engines/landmark_path.py) runs.
+MESH_MODEL_NETWORKS: dict[str, tuple[str, ...]] = {
+    "attention": ("face_detector", "face_landmark_attention"),
+    "iris": ("face_detector", "face_landmark", "iris_landmark"),
 }
 
 
@@ -222,6 +255,151 @@ class Add(GraphOp):
         return _activation(a + b, self.activation)
 
 
+class Mul(GraphOp):
+    """MUL of an activation by a constant (a scalar, or a same-rank tensor off the 4D
+    layouts): the attention mesh scales its points and its crop matrices this way."""
+
+    def __init__(self, op: Operator, graph: TFLiteGraph):
+        variables = [i for i in op.inputs if not graph.tensor(i).is_constant]
+        constants = [i for i in op.inputs if graph.tensor(i).is_constant]
+        super().__init__(op, variables)
+        if len(variables) != 1 or len(constants) != 1:
+            raise TFLiteGraphError(
+                f"{graph.path.name}: operator {op.index}: MUL needs one constant operand"
+            )
+        factor = graph.constant(constants[0])
+        rank = len(graph.tensor(variables[0]).shape)
+        if rank == 4 and factor.size > 1:
+            raise TFLiteGraphError(
+                f"{graph.path.name}: operator {op.index}: MUL of a 4D tensor by {factor.shape}"
+            )
+        self.register_buffer("factor", torch.from_numpy(factor.astype(np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _activation(x * self.factor, self.activation)
+
+
+class StridedSlice(GraphOp):
+    """STRIDED_SLICE with constant begin/end/strides in NHWC order; the batch axis must be
+    taken whole (it is 1 in the file, any size here)."""
+
+    def __init__(self, op: Operator, graph: TFLiteGraph):
+        super().__init__(op, op.inputs[:1])
+        unsupported = ("ellipsis_mask", "new_axis_mask", "shrink_axis_mask")
+        if any(op.options.get(mask) for mask in unsupported):
+            raise TFLiteGraphError(
+                f"{graph.path.name}: operator {op.index}: STRIDED_SLICE masks {op.options}"
+            )
+        begin, end, strides = (graph.constant(i).astype(int).tolist() for i in op.inputs[1:4])
+        shape = graph.tensor(op.inputs[0]).shape
+        slices = []
+        for axis, (b, e, s) in enumerate(zip(begin, end, strides, strict=True)):
+            start = None if op.options.get("begin_mask", 0) >> axis & 1 else b
+            stop = None if op.options.get("end_mask", 0) >> axis & 1 else e
+            slices.append(slice(start, stop, s))
+        whole_batch = slice(None, shape[0], 1), slice(0, shape[0], 1), slice(None, None, 1)
+        if slices[0] not in whole_batch:
+            raise TFLiteGraphError(
+                f"{graph.path.name}: operator {op.index}: STRIDED_SLICE cuts the batch axis"
+            )
+        self.slices = (slice(None), *slices[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _to_nchw(_to_nhwc(x)[self.slices])
+
+
+class LandmarksToTransformMatrix(GraphOp):
+    """MediaPipe's Landmarks2TransformMatrix (v2): from (N, P, 3) points, the (N, 4, 4)
+    matrix that maps an output_width x output_height patch onto the region around a subset
+    of points (their box in a frame turned so that left → right is level, times scale_x/y).
+    The attention mesh uses it to cut its lips and eye patches out of a feature map."""
+
+    def __init__(self, op: Operator, graph: TFLiteGraph):
+        super().__init__(op, op.inputs[:1])
+        options = op.options
+        self.left, self.right = options["left_rotation_idx"], options["right_rotation_idx"]
+        self.target_rotation = float(options.get("target_rotation_radians", 0.0))
+        self.scale = (
+            float(options["scale_x"]) / options["output_width"],
+            float(options["scale_y"]) / options["output_height"],
+        )
+        self.half = (options["output_width"] / 2.0, options["output_height"] / 2.0)
+        subset = [int(i) for i in options["subset_idxs"]]
+        self.register_buffer("subset", torch.tensor(subset, dtype=torch.long))
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        xy = points[..., :2]
+        delta = xy[:, self.right] - xy[:, self.left]
+        rotation = self.target_rotation - torch.atan2(delta[:, 1], delta[:, 0])
+        cos, sin = torch.cos(rotation)[:, None], torch.sin(rotation)[:, None]
+        subset = xy[:, self.subset]
+        level_x = cos * subset[..., 0] - sin * subset[..., 1]
+        level_y = sin * subset[..., 0] + cos * subset[..., 1]
+        low_x, high_x = level_x.amin(1), level_x.amax(1)
+        low_y, high_y = level_y.amin(1), level_y.amax(1)
+        mid_x, mid_y = (low_x + high_x) / 2, (low_y + high_y) / 2
+        cos, sin = cos[:, 0], sin[:, 0]
+        # back to the frame: rotation by -rotation
+        center_x = cos * mid_x + sin * mid_y
+        center_y = -sin * mid_x + cos * mid_y
+        scale_x = (high_x - low_x) * self.scale[0]
+        scale_y = (high_y - low_y) * self.scale[1]
+        # patch p → center + R(-rotation) · diag(scale) · (p - half)
+        a00, a01 = cos * scale_x, sin * scale_y
+        a10, a11 = -sin * scale_x, cos * scale_y
+        t0 = center_x - a00 * self.half[0] - a01 * self.half[1]
+        t1 = center_y - a10 * self.half[0] - a11 * self.half[1]
+        zero, one = torch.zeros_like(a00), torch.ones_like(a00)
+        rows = (
+            (a00, a01, zero, t0),
+            (a10, a11, zero, t1),
+            (zero, zero, one, zero),
+            (zero, zero, zero, one),
+        )
+        return torch.stack([torch.stack(row, -1) for row in rows], 1)
+
+
+class TransformTensorBilinear(GraphOp):
+    """MediaPipe's TransformTensorBilinear (v2): an output_height x output_width patch of an
+    (N, C, H, W) map sampled bilinearly through each (N, 4, 4) matrix, pixel centres
+    aligned; a sample outside the map's pixel centres is zero."""
+
+    def __init__(self, op: Operator, graph: TFLiteGraph):
+        super().__init__(op, op.inputs[:2])
+        height, width = op.options["output_height"], op.options["output_width"]
+        ys, xs = torch.meshgrid(
+            torch.arange(height, dtype=torch.float32),
+            torch.arange(width, dtype=torch.float32),
+            indexing="ij",
+        )
+        self.register_buffer("pixels", torch.stack([xs, ys], -1).reshape(1, -1, 2))
+        self.out_size = (height, width)
+
+    def forward(self, features: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        in_h, in_w = features.shape[-2:]
+        linear = matrix[:, :2, :2]
+        # the op's align-corners correction: sample at T·(p + 0.5) - 0.5
+        shift = matrix[:, :2, 3] + 0.5 * linear.sum(-1) - 0.5
+        coords = self.pixels @ linear.transpose(1, 2) + shift[:, None, :]  # (N, HW, 2)
+        x, y = coords[..., 0], coords[..., 1]
+        inside = (x >= 0) & (x <= in_w - 1) & (y >= 0) & (y <= in_h - 1)
+        grid = torch.stack([2 * x / (in_w - 1) - 1, 2 * y / (in_h - 1) - 1], -1)
+        grid = grid.reshape(-1, *self.out_size, 2)
+        sampled = F.grid_sample(
+            features, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+        return sampled * inside.reshape(-1, 1, *self.out_size).to(sampled.dtype)
+
+
+class TransformLandmarks(GraphOp):
+    """MediaPipe's TransformLandmarks (v2): (N, P, 2 or 3) points' x, y through each
+    (N, 4, 4) matrix (z, if any, unchanged)."""
+
+    def forward(self, points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        xy = points[..., :2] @ matrix[:, :2, :2].transpose(1, 2) + matrix[:, None, :2, 3]
+        return torch.cat([xy, points[..., 2:]], -1)
+
+
 class PRelu(GraphOp):
     """PRELU with one slope per channel (stored as (1, 1, C))."""
 
@@ -294,6 +472,11 @@ _OP_CLASSES: dict[str, type[GraphOp]] = {
     "AVERAGE_POOL_2D": Pool,
     "PAD": Pad,
     "ADD": Add,
+    "MUL": Mul,
+    "STRIDED_SLICE": StridedSlice,
+    "CUSTOM (Landmarks2TransformMatrix)": LandmarksToTransformMatrix,
+    "CUSTOM (TransformTensorBilinear)": TransformTensorBilinear,
+    "CUSTOM (TransformLandmarks)": TransformLandmarks,
     "PRELU": PRelu,
     "RELU": Elementwise,
     "RELU6": Elementwise,
@@ -311,6 +494,8 @@ def _build_op(op: Operator, graph: TFLiteGraph) -> GraphOp:
         )
     if cls is Elementwise:
         return Elementwise(op, op.inputs[:1])
+    if cls is TransformLandmarks:
+        return TransformLandmarks(op, op.inputs[:2])
     return cls(op, graph)
 
 
@@ -325,6 +510,11 @@ class TFLiteNet(nn.Module):
         super().__init__()
         if len(graph.inputs) != 1:
             raise TFLiteGraphError(f"{graph.path.name}: {len(graph.inputs)} inputs, expected 1")
+        expected = spec.graph_output_names
+        if expected is not None and tuple(graph.output_names) != expected:
+            raise TFLiteGraphError(
+                f"{graph.path.name}: outputs {graph.output_names}, expected {list(expected)}"
+            )
         self.spec = spec
         self.output_names = spec.output_names
         self.input_index = graph.inputs[0]
@@ -377,9 +567,9 @@ def build_network(name: str, path: str | Path | None = None, device: str = "cpu"
     return net
 
 
-def load_networks(device: str = "cpu") -> dict[str, TFLiteNet]:
-    """All three networks, in eval mode, on `device`."""
-    return {name: build_network(name, device=device) for name in NETWORKS}
+def load_networks(device: str = "cpu", names: Sequence[str] | None = None) -> dict[str, TFLiteNet]:
+    """The named networks (default: every one in NETWORKS), in eval mode, on `device`."""
+    return {name: build_network(name, device=device) for name in (names or NETWORKS)}
 
 
 def example_input(name: str, batch: int = 1, seed: int = 0) -> torch.Tensor:

@@ -1,12 +1,20 @@
-"""MediaPipe's classic face mesh + iris pipeline in torch, on whatever device is given.
+"""MediaPipe's face mesh pipelines in torch, on whatever device is given.
 
-The same steps as MediaPipe's FaceLandmarkFrontCpu and iris graphs, so the points match the
-CPU backend's: short-range face detection (SSD anchors, weighted NMS) on a letterboxed
-128x128 image; a rotated square ROI around each face (scale 1.5, rotated by the eyes); the
-192x192 face mesh; the next frame's ROI from the mesh (eye corners 33/263); 64x64 eye crops
-(scale 2.3) for the iris model, one of them mirrored; and the 478-point FaceMesh layout
-(refine_landmarks=True): the mesh with its eye contours refined by the iris model and the
-two irises appended, z as MediaPipe's (iris z: the mean of the eye's contour z).
+The same steps as MediaPipe's FaceLandmarkFrontCpu graph, so the points match the CPU
+backend's: short-range face detection (SSD anchors, weighted NMS) on a letterboxed
+128x128 image; a rotated square ROI around each face (scale 1.5, rotated by the eyes); a
+192x192 face model; the next frame's ROI from its points (eye corners 33/263); and the
+478-point FaceMesh layout (refine_landmarks=True). Two face models give those 478 points:
+
+- "attention" (the default): the attention mesh, FaceMesh(refine_landmarks=True)'s own
+  model, whose lips, eye and iris points come from patches of its feature map (MediaPipe's
+  custom ops, translated in engines/landmark_nets.py). Same model as the CPU backend, so
+  the same points.
+- "iris": MediaPipe's classic pipeline, the 468-point mesh plus the iris model on 64x64
+  eye crops (scale 2.3), one of them mirrored, refining the eyelids and adding the irises.
+  A different model: 1-3.5 px from the CPU backend's points on 140-400 px faces.
+
+Either way the irises get the mean z of their eyelid contour, as in MediaPipe.
 
 Crops follow MediaPipe's ImageToTensorCalculator: the ROI's corners map onto the tensor's
 corners, dst pixel i samples the ROI at fraction i / size, bilinear on 8-bit values (rounded),
@@ -26,7 +34,7 @@ import torch.nn.functional as F
 
 from daemon.config import MediaPipeTrackingConfig
 from daemon.landmarks import Landmarks, choose_face
-from engines.landmark_nets import NETWORKS, TFLiteNet, load_networks
+from engines.landmark_nets import MESH_MODEL_NETWORKS, NETWORKS, TFLiteNet, load_networks
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,16 @@ EYELID_POINTS = 16
 # 4-8 px off that backend's on 400 px faces, while its eyelids follow blinks better
 # than the classic mesh's (see tests/test_landmark_path.py).
 DEFAULT_REFINED_EYE_POINTS = EYELID_POINTS
+# The attention mesh's lips points, as mesh indices in the order of its lips output (the
+# subset its lips patch is cut around; tests check it against the model file).
+LIPS_REFINED = (
+    61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0,
+    267, 269, 270, 409, 78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191,
+    80, 81, 82, 13, 312, 311, 310, 415, 76, 77, 90, 180, 85, 16, 315, 404,
+    320, 307, 306, 184, 74, 73, 72, 11, 302, 303, 304, 408, 62, 96, 89, 179,
+    86, 15, 316, 403, 319, 325, 292, 183, 42, 41, 38, 12, 268, 271, 272, 407,
+)  # fmt: skip
+MESH_MODELS = tuple(MESH_MODEL_NETWORKS)
 MESH_POINTS = 468
 RIGHT_IRIS_SLOT = 468  # 468..472: centre then 4 points around; 473..477 the left iris
 LEFT_IRIS_SLOT = 473
@@ -255,18 +273,23 @@ def project_points(
     return torch.stack([x, y, z], -1)
 
 
-def refine_with_iris(
+def refine_mesh(
     mesh: torch.Tensor,
     contours: tuple[torch.Tensor, torch.Tensor],
     irises: tuple[torch.Tensor, torch.Tensor],
     eye_indices: tuple[torch.Tensor, torch.Tensor],
     eye_points: int = DEFAULT_REFINED_EYE_POINTS,
+    lips: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(N, 478, 3): the mesh with the first `eye_points` of each eye's 71 contour points'
-    x, y from the iris model (z kept) and the irises appended, each with its eyelid
-    contour's mean z (MediaPipe's refinement). Pairs are (right eye, left eye);
-    `eye_indices` are RIGHT_EYE_REFINED and LEFT_EYE_REFINED as tensors on the device."""
+    x, y replaced (z kept), likewise the lips (points, mesh indices) if given, and the
+    irises appended, each with its eyelid contour's mean z (MediaPipe's refinement). Pairs
+    are (right eye, left eye); `eye_indices` are RIGHT_EYE_REFINED and LEFT_EYE_REFINED as
+    tensors on the device."""
     points = torch.cat([mesh, mesh.new_zeros(mesh.shape[0], ALL_POINTS - MESH_POINTS, 3)], 1)
+    if lips is not None:
+        lip_points, lip_indices = lips
+        points[:, lip_indices, :2] = lip_points[..., :2]
     for index, contour, iris, slot in zip(
         eye_indices, contours, irises, (RIGHT_IRIS_SLOT, LEFT_IRIS_SLOT), strict=True
     ):
@@ -277,9 +300,18 @@ def refine_with_iris(
     return points
 
 
+def _with_zero_z(points: torch.Tensor) -> torch.Tensor:
+    """(N, P, 2) points as (N, P, 3) with z = 0."""
+    return torch.cat([points, torch.zeros_like(points[..., :1])], -1)
+
+
 class TorchFaceMesh:
     """The per-frame pipeline on tensors: frames in (uint8 H×W×3 RGB on the device),
-    478-point faces out, tracking faces from frame to frame like MediaPipe."""
+    478-point faces out, tracking faces from frame to frame like MediaPipe.
+
+    `mesh_model` picks the face model (see the module's docstring): "attention" needs the
+    face_detector and face_landmark_attention networks, "iris" the face_detector,
+    face_landmark and iris_landmark ones."""
 
     def __init__(
         self,
@@ -288,12 +320,17 @@ class TorchFaceMesh:
         min_detection_confidence: float = 0.5,
         min_tracking_confidence: float = 0.5,
         refined_eye_points: int = DEFAULT_REFINED_EYE_POINTS,
+        mesh_model: str = "attention",
     ):
         if not 0 <= refined_eye_points <= len(RIGHT_EYE_REFINED):
             raise ValueError(f"refined_eye_points {refined_eye_points} is not within 0..71")
+        if mesh_model not in MESH_MODELS:
+            raise ValueError(f"mesh_model {mesh_model!r} is not one of {MESH_MODELS}")
+        self.mesh_model = mesh_model
+        self.mesh_network = MESH_MODEL_NETWORKS[mesh_model][1]
         self.networks = networks
         self.refined_eye_points = refined_eye_points
-        self.device = next(networks["face_landmark"].parameters()).device
+        self.device = next(networks[self.mesh_network].parameters()).device
         self.max_faces = max_faces
         self.min_detection_confidence = min_detection_confidence
         self.min_tracking_confidence = min_tracking_confidence
@@ -302,6 +339,7 @@ class TorchFaceMesh:
             torch.tensor(RIGHT_EYE_REFINED, device=self.device),
             torch.tensor(LEFT_EYE_REFINED, device=self.device),
         )
+        self.lip_indices = torch.tensor(LIPS_REFINED, device=self.device)
         self.mirrored_iris_order = torch.tensor(MIRRORED_IRIS_ORDER, device=self.device)
         # on the device once: a Python index sequence would be uploaded (a sync) per frame
         self.eye_corners = (
@@ -356,16 +394,42 @@ class TorchFaceMesh:
 
     @torch.inference_mode()
     def mesh(self, image: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Face mesh in each ROI: (N, 468, 3) points in pixels and (N,) face scores."""
-        spec = NETWORKS["face_landmark"]
+        """The face model in each ROI: points in pixels, (N, 468, 3) for the classic mesh
+        and (N, 478, 3) refined for the attention mesh, and (N,) face scores."""
+        spec = NETWORKS[self.mesh_network]
         crops = crop_rois(image, rois, spec.input_size, spec.input_range, False)
-        raw, flag = self.networks["face_landmark"](crops)
-        points = project_points(raw.reshape(-1, MESH_POINTS, 3), rois, spec.input_size)
-        return points, torch.sigmoid(flag[:, 0])
+        outputs = self.networks[self.mesh_network](crops)
+        size = spec.input_size
+        points = project_points(outputs[0].reshape(-1, MESH_POINTS, 3), rois, size)
+        if self.mesh_model == "attention":
+            points = self._refined_by_attention(points, outputs[1:6], rois, size)
+        return points, torch.sigmoid(outputs[-1][:, 0])
+
+    def _refined_by_attention(
+        self,
+        mesh: torch.Tensor,
+        parts: tuple[torch.Tensor, ...],
+        rois: torch.Tensor,
+        size: int,
+    ) -> torch.Tensor:
+        """The attention mesh's 478 points: its lips, eyes and irises (crop pixels, x and y)
+        over the mesh, as FaceMesh(refine_landmarks=True) does."""
+        count = mesh.shape[0]
+        lips, image_left_eye, image_right_eye, image_left_iris, image_right_iris = (
+            project_points(_with_zero_z(part.reshape(count, -1, 2)), rois, size) for part in parts
+        )
+        return refine_mesh(
+            mesh,
+            (image_left_eye, image_right_eye),  # the subject's right eye, then left
+            (image_left_iris, image_right_iris),
+            self.eye_indices,
+            len(RIGHT_EYE_REFINED),
+            lips=(lips, self.lip_indices),
+        )
 
     @torch.inference_mode()
     def irises(self, image: torch.Tensor, mesh: torch.Tensor) -> torch.Tensor:
-        """(N, 478, 3): the meshes refined by the iris model on both eyes."""
+        """(N, 478, 3): the classic meshes refined by the iris model on both eyes."""
         spec = NETWORKS["iris_landmark"]
         size = spec.input_size
         right_corners, left_corners = self.eye_corners
@@ -382,7 +446,7 @@ class TorchFaceMesh:
         contours = contours.reshape(2 * count, -1, 3)
         irises = irises.reshape(2 * count, -1, 3)
         left_iris = project_points(irises[count:], left, size, flip=True)
-        return refine_with_iris(
+        return refine_mesh(
             mesh,
             (
                 project_points(contours[:count], right, size),
@@ -395,10 +459,13 @@ class TorchFaceMesh:
 
     @torch.inference_mode()
     def track(self, image: torch.Tensor) -> torch.Tensor:
-        """The face meshes of a (1, 3, H, W) 0..255 float frame, (K, 468, 3) pixels (no iris
-        refinement), updating the tracked ROIs for the next frame."""
+        """The face model's points on a (1, 3, H, W) 0..255 float frame, in pixels
+        ((K, 468, 3) for the classic mesh, before the iris model; (K, 478, 3) for the
+        attention mesh), updating the tracked ROIs for the next frame (from these points,
+        as MediaPipe does)."""
         rois = self.face_rois(image)
-        mesh = image.new_zeros((0, MESH_POINTS, 3))
+        points = MESH_POINTS if self.mesh_model == "iris" else ALL_POINTS
+        mesh = image.new_zeros((0, points, 3))
         if len(rois) > 0:
             mesh, scores = self.mesh(image, rois)
             mesh = mesh[scores >= self.min_tracking_confidence]
@@ -417,6 +484,8 @@ class TorchFaceMesh:
         mesh = self.track(image)
         if len(mesh) == 0:
             return image.new_zeros((0, ALL_POINTS, 3))
+        if self.mesh_model == "attention":
+            return mesh
         return self.irises(image, mesh)
 
 
@@ -461,13 +530,17 @@ class TorchLandmarkDetector:
         config: MediaPipeTrackingConfig,
         device: str = "cpu",
         networks: dict[str, TFLiteNet] | None = None,
+        mesh_model: str = "attention",
     ):
         self.config = config
+        if networks is None:
+            networks = load_networks(device, MESH_MODEL_NETWORKS[mesh_model])
         self.pipeline = TorchFaceMesh(
-            networks if networks is not None else load_networks(device),
+            networks,
             max_faces=config.max_faces,
             min_detection_confidence=config.min_detection_confidence,
             min_tracking_confidence=config.min_tracking_confidence,
+            mesh_model=mesh_model,
         )
         self.device = self.pipeline.device  # where the networks are, if they were given
         self._previous: Landmarks | None = None

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -146,15 +147,19 @@ def _manifest_entry(net: TFLiteNet, path: Path) -> dict:
 
 
 def export_onnx(
-    out_dir: Path, progress: bool = True, networks: dict[str, TFLiteNet] | None = None
+    out_dir: Path,
+    progress: bool = True,
+    networks: dict[str, TFLiteNet] | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Export every network to `out_dir` (created if needed) and write the manifest;
-    returns the ONNX files, in NETWORKS order."""
+    """Export the named networks (default: every one) to `out_dir` (created if needed) and
+    write their manifest; returns the ONNX files, in `names` order."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    nets = networks if networks is not None else load_networks("cpu")
+    names = tuple(names or NETWORKS)
+    nets = networks if networks is not None else load_networks("cpu", names)
     paths, entries = [], []
-    for name in tqdm(NETWORKS, desc="ONNX export", unit="network", disable=not progress):
+    for name in tqdm(names, desc="ONNX export", unit="network", disable=not progress):
         net = _on_cpu(nets[name])
         path = export_network(net, onnx_path(out_dir, name))
         entries.append(_manifest_entry(net, path))
@@ -172,17 +177,17 @@ def read_manifest(out_dir: Path) -> dict:
 def check_onnx(
     out_dir: Path, networks: dict[str, TFLiteNet] | None = None, batch: int = 2
 ) -> dict[str, float]:
-    """Run each exported file with onnxruntime (CPU) and torch on the same random inputs
+    """Run each file of the manifest with onnxruntime (CPU) and torch on the same random inputs
     (a batch of `batch`, which also exercises the dynamic axis): the largest absolute
     difference over each network's outputs. Raises if a file does not match its manifest
     hash (exported from other weights)."""
     import onnxruntime as ort
 
     out_dir = Path(out_dir)
-    nets = networks if networks is not None else load_networks("cpu")
     hashes = {entry["name"]: entry["sha256"] for entry in read_manifest(out_dir)["networks"]}
+    nets = networks if networks is not None else load_networks("cpu", list(hashes))
     differences = {}
-    for name in NETWORKS:
+    for name in hashes:
         path = onnx_path(out_dir, name)
         if sha256_of(path) != hashes.get(name):
             raise ValueError(f"{path}: sha256 differs from {MANIFEST_NAME}; export again")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import tflite
+from flatbuffers import flexbuffers
 from tflite.BuiltinOperator import BuiltinOperator
 from tflite.TensorType import TensorType
 
@@ -63,13 +64,15 @@ class TensorInfo:
 
 @dataclass(frozen=True, slots=True)
 class Operator:
-    """One operator: its type name (e.g. CONV_2D), tensor indices and builtin options."""
+    """One operator: its type name (e.g. CONV_2D, or CUSTOM (Name) for MediaPipe's own ops),
+    tensor indices, options (builtin options, or a custom op's flexbuffer map) and version."""
 
     index: int
     op_type: str
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     options: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +145,39 @@ def _named_enums(opts: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-# The ops our three MediaPipe models use, and how to read each one's options.
+def _strided_slice_options(table: Any) -> dict[str, Any]:
+    options = tflite.StridedSliceOptions()
+    options.Init(table.Bytes, table.Pos)
+    masks = {
+        "begin_mask": options.BeginMask(),
+        "end_mask": options.EndMask(),
+        "ellipsis_mask": options.EllipsisMask(),
+        "new_axis_mask": options.NewAxisMask(),
+        "shrink_axis_mask": options.ShrinkAxisMask(),
+    }
+    return masks
+
+
+def _custom_options(op: Any) -> dict[str, Any]:
+    """A custom op's options: MediaPipe stores them as a flexbuffer map."""
+    raw = op.CustomOptionsAsNumpy()
+    if isinstance(raw, int) or raw.size == 0:  # the getter gives 0 when there are none
+        return {}
+    options = flexbuffers.Loads(raw.tobytes())
+    if not isinstance(options, dict):
+        raise TFLiteGraphError(f"custom options are a {type(options).__name__}, not a map")
+    return options
+
+
+# The attention face mesh's own ops (MediaPipe's, not TFLite's), by the version we
+# translate: version 1 of Landmarks2TransformMatrix computes a different matrix.
+CUSTOM_OPS = {
+    "CUSTOM (Landmarks2TransformMatrix)": 2,
+    "CUSTOM (TransformTensorBilinear)": 2,
+    "CUSTOM (TransformLandmarks)": 2,
+}
+
+# The ops our MediaPipe models use, and how to read each one's options.
 _POOL_OPTIONS = _options_reader(
     tflite.Pool2DOptions,
     _WINDOW | {"filter_h": "FilterHeight", "filter_w": "FilterWidth"} | _ACTIVATION,
@@ -156,6 +191,8 @@ _OPTION_READERS = {
     "MAX_POOL_2D": _POOL_OPTIONS,
     "AVERAGE_POOL_2D": _POOL_OPTIONS,
     "ADD": _options_reader(tflite.AddOptions, _ACTIVATION),
+    "MUL": _options_reader(tflite.MulOptions, _ACTIVATION),
+    "STRIDED_SLICE": _strided_slice_options,
     "CONCATENATION": _options_reader(tflite.ConcatenationOptions, {"axis": "Axis"} | _ACTIVATION),
     "RESHAPE": _reshape_options,
     "PAD": _no_options,
@@ -165,7 +202,7 @@ _OPTION_READERS = {
     "LOGISTIC": _no_options,
     "DEQUANTIZE": _no_options,
 }
-SUPPORTED_OPS = frozenset(_OPTION_READERS)
+SUPPORTED_OPS = frozenset(_OPTION_READERS) | frozenset(CUSTOM_OPS)
 
 
 def _load_model(path: Path) -> tuple[bytes, Any]:
@@ -253,17 +290,26 @@ def _fold_dequantize(subgraph: Any, op: Any, tensors: list[TensorInfo], path: Pa
 
 def _read_operator(model: Any, op: Any, index: int, path: Path) -> Operator:
     op_type = _op_type(model, op)
-    reader = _OPTION_READERS.get(op_type)
-    if reader is None:
-        raise TFLiteGraphError(
-            f"{path.name}: operator {index} is {op_type}, which is not supported "
-            f"(supported: {', '.join(sorted(SUPPORTED_OPS))})"
-        )
-    table = op.BuiltinOptions()
-    options = reader(table) if table is not None else {}
+    version = model.OperatorCodes(op.OpcodeIndex()).Version()
+    if op_type in CUSTOM_OPS:
+        if version != CUSTOM_OPS[op_type]:
+            raise TFLiteGraphError(
+                f"{path.name}: operator {index} is {op_type} version {version}; only "
+                f"version {CUSTOM_OPS[op_type]} is supported"
+            )
+        options = _custom_options(op)
+    else:
+        reader = _OPTION_READERS.get(op_type)
+        if reader is None:
+            raise TFLiteGraphError(
+                f"{path.name}: operator {index} is {op_type}, which is not supported "
+                f"(supported: {', '.join(sorted(SUPPORTED_OPS))})"
+            )
+        table = op.BuiltinOptions()
+        options = reader(table) if table is not None else {}
     inputs = tuple(int(i) for i in op.InputsAsNumpy()) if op.InputsLength() else ()
     outputs = tuple(int(i) for i in op.OutputsAsNumpy()) if op.OutputsLength() else ()
-    return Operator(index, op_type, inputs, outputs, options)
+    return Operator(index, op_type, inputs, outputs, options, version)
 
 
 def read_tflite(path: str | Path) -> TFLiteGraph:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from engines.landmark_nets import NETWORKS
+from engines.landmark_nets import MESH_MODEL_NETWORKS, NETWORKS
 from engines.onnx_export import INPUT_NAME, export_onnx
 from engines.tensorrt_runtime import build_engine
 
@@ -35,7 +35,12 @@ class EngineRunner(Protocol):
 def engine_batches(max_faces: int) -> dict[str, int]:
     """The batch each engine is built for: one detector image, a crop per face, two eyes
     per face."""
-    return {"face_detector": 1, "face_landmark": max_faces, "iris_landmark": 2 * max_faces}
+    return {
+        "face_detector": 1,
+        "face_landmark_attention": max_faces,
+        "face_landmark": max_faces,
+        "iris_landmark": 2 * max_faces,
+    }
 
 
 class EngineModule(torch.nn.Module):
@@ -73,16 +78,22 @@ class EngineModule(torch.nn.Module):
 
 
 def tensorrt_networks(
-    cache_dir: Path, max_faces: int, device: str = "cuda", progress: bool = False
+    cache_dir: Path,
+    max_faces: int,
+    device: str = "cuda",
+    progress: bool = False,
+    mesh_model: str = "attention",
 ) -> dict[str, EngineModule]:
-    """Export the ONNX graphs into the cache, build (or reuse) an FP16 engine for each and
-    load them: the `networks` argument of TorchLandmarkDetector."""
+    """Export the ONNX graphs of `mesh_model`'s networks into the cache, build (or reuse)
+    an FP16 engine for each and load them: the `networks` argument of
+    TorchLandmarkDetector."""
     from engines.tensorrt_runtime import TrtNetwork
 
     onnx_dir = Path(cache_dir) / "onnx"
     batches = engine_batches(max_faces)
     networks = {}
-    for path in export_onnx(onnx_dir, progress=progress):
+    names = MESH_MODEL_NETWORKS[mesh_model]
+    for path in export_onnx(onnx_dir, progress=progress, names=names):
         name = path.stem
         shape = (batches[name], *NETWORKS[name].input_shape[1:])
         plan = build_engine(path, Path(cache_dir), input_shapes={INPUT_NAME: shape})

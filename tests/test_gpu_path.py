@@ -74,7 +74,8 @@ def test_the_gpu_path_follows_the_head_like_the_cpu_path(outputs):
     assert {motion.state for _, motion in results["gpu path"]} == {"tracked"}
     assert np.ptp(gpu_rolls) > 8, gpu_rolls  # it really moved
     apart = np.abs(cpu_rolls - gpu_rolls)
-    assert apart.max() < 1.5, f"roll apart by up to {apart.max():.2f}° ({apart.mean():.2f}° mean)"
+    # the same face model on both paths (the attention mesh): measured up to 0.04° apart
+    assert apart.max() < 0.2, f"roll apart by up to {apart.max():.2f}° ({apart.mean():.2f}° mean)"
 
 
 def test_the_gpu_path_publishes_what_the_cpu_generator_renders(outputs):

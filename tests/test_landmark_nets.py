@@ -12,6 +12,7 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 from conftest import SHARED_DATA
 
+from engines import tflite_graph
 from engines.landmark_nets import NETWORKS, TFLiteNet, load_networks, model_path
 from engines.landmark_path import (
     LEFT_EYE_CORNERS,
@@ -50,7 +51,7 @@ def _network_inputs(
     networks: dict[str, TFLiteNet], frames_bgr: list[np.ndarray]
 ) -> dict[str, torch.Tensor]:
     """Real inputs for each network: letterboxed frames, face crops, both eyes' crops."""
-    pipeline = TorchFaceMesh(networks)
+    pipeline = TorchFaceMesh(networks, mesh_model="iris")
     detector, faces, eyes = [], [], []
     for bgr in frames_bgr:
         image = to_float_image(torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
@@ -69,6 +70,7 @@ def _network_inputs(
     return {
         "face_detector": torch.cat(detector),
         "face_landmark": torch.cat(faces),
+        "face_landmark_attention": torch.cat(faces),
         "iris_landmark": torch.cat(eyes),
     }
 
@@ -157,11 +159,19 @@ def test_fp16_weights_are_dequantized():
     assert weights.dtype == np.float32 and np.abs(weights).max() > 0
 
 
-def test_unsupported_op_is_named_with_the_file():
-    """The attention mesh uses ops (and custom ops) we do not translate: say which."""
-    path = model_path("face_landmark").with_name("face_landmark_with_attention.tflite")
+def test_unsupported_op_is_named_with_the_file(monkeypatch):
+    """An op we do not translate (here: MUL, once we forget it) is named with the file."""
+    monkeypatch.delitem(tflite_graph._OPTION_READERS, "MUL")
     with pytest.raises(TFLiteGraphError, match=r"face_landmark_with_attention\.tflite.*MUL"):
-        read_tflite(path)
+        read_tflite(model_path("face_landmark_attention"))
+
+
+def test_custom_op_of_another_version_is_refused(monkeypatch):
+    """Landmarks2TransformMatrix v1 computes another matrix: a file with a version we did
+    not translate must fail, not run with the wrong maths."""
+    monkeypatch.setitem(tflite_graph.CUSTOM_OPS, "CUSTOM (Landmarks2TransformMatrix)", 1)
+    with pytest.raises(TFLiteGraphError, match=r"Landmarks2TransformMatrix.*version 2; only"):
+        read_tflite(model_path("face_landmark_attention"))
 
 
 def test_corrupted_files_give_clear_errors(tmp_path: Path):

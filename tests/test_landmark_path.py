@@ -1,15 +1,15 @@
-"""The torch face mesh + iris path against MediaPipe itself, on real faces and video.
+"""The torch landmark path against MediaPipe itself, on real faces and video.
 
-Two comparisons, because MediaPipe's refined FaceMesh (our CPU backend) runs a different
-face model (the attention mesh) than the classic path we port:
-- our 468-point mesh against MediaPipe's classic FaceMesh (refine_landmarks=False), which
-  runs the very same networks: detection, ROIs, crops and tracking must agree to a small
-  fraction of a pixel;
-- our 478 points (mesh, iris-refined eyelids, irises) against the CPU backend: they differ
-  by the two models' disagreement, which grows with the face (about 1 px on a 140 px face,
-  2-3.5 px on 300-400 px faces), so that bound is relative to the face size;
-- what the daemon makes of them: the motion stage's head pose, mouth and eye openness from
-  either tracker on the same clip (each relative to its own neutral, as in the daemon).
+- The default path (the attention mesh, the CPU backend's own model) against the CPU backend,
+  FaceMesh(refine_landmarks=True): same networks, same steps, so all 478 points must agree
+  to a small fraction of a pixel (the issue's bound is 1.5 px mean).
+- The classic path ("iris": face_landmark, then the iris model): its 468-point mesh against
+  MediaPipe's classic FaceMesh (refine_landmarks=False), the very same networks, to a small
+  fraction of a pixel; its 478 points against the CPU backend differ by the two models'
+  disagreement, which grows with the face (about 1 px on a 140 px face, 2-3.5 px on
+  300-400 px faces), so that bound is relative to the face size.
+- What the daemon makes of them: the motion stage's head pose, mouth and eye openness from
+  the CPU backend and from the torch path on the same clip.
 """
 
 from __future__ import annotations
@@ -40,14 +40,15 @@ from engines.landmark_path import (
 CLIPS = SHARED_DATA / "driving"
 CLIP_FRAMES = 30
 CLASSIC_MAX_PX = 0.15  # same networks, same pipeline: float rounding only
-BACKEND_MAX_FRACTION = 0.012  # of the face's bounding-box diagonal (Landmarks.size)
+# The attention path vs the CPU backend, same networks: measured 0.01-0.04 px mean (worst
+# point 0.12 px) on the images and dev clips; the issue's bound is 1.5 px.
+BACKEND_MAX_PX = 0.25
+BACKEND_WORST_POINT_PX = 1.0
+IRIS_PATH_MAX_FRACTION = 0.012  # the classic path vs the backend: of the face's diagonal
 MOTION_CLIPS = ("talk_blinks_a.mp4", "talk_head_turns.mp4")
 MOTION_FRAMES = 90
-# measured on 150 frames of each dev clip: pose 0.2-2.9° mean apart, mouth r 0.87-0.93,
-# eye openness r 0.82-0.99
-MOTION_MAX_POSE_DEG = 3.0
-MOTION_MIN_MOUTH_R = 0.8
-MOTION_MIN_EYE_R = 0.75
+MOTION_MAX_POSE_DEG = 0.25
+MOTION_MIN_R = 0.995  # mouth and eye openness, frame by frame
 IRIS = slice(468, 478)
 
 
@@ -61,20 +62,24 @@ def networks() -> dict[str, TFLiteNet]:
 class Agreement:
     """Mean point distances (px) of one image or clip, averaged over its frames."""
 
-    classic_px: float  # our 468 vs MediaPipe classic
-    classic_z: float
-    backend_px: float  # our 478 vs the MediaPipe backend
+    backend_px: float  # our 478 (attention) vs the MediaPipe backend
+    backend_z: float
     backend_iris_px: float
+    backend_worst_px: float  # the worst point of any frame (a max, not a mean)
+    classic_px: float  # our classic 468 vs MediaPipe classic
+    classic_z: float
+    iris_path_px: float  # our classic path's 478 vs the MediaPipe backend
     face_size: float
     frames: int
 
     def report(self) -> str:
         return (
             f"{self.frames} frames, face {self.face_size:.0f} px: "
-            f"vs MediaPipe classic {self.classic_px:.3f} px (z {self.classic_z:.3f}); "
-            f"vs MediaPipe backend {self.backend_px:.2f} px "
-            f"({100 * self.backend_px / self.face_size:.2f} % of the face), "
-            f"irises {self.backend_iris_px:.2f} px"
+            f"vs MediaPipe backend {self.backend_px:.3f} px (z {self.backend_z:.3f}, "
+            f"irises {self.backend_iris_px:.3f}, worst point {self.backend_worst_px:.3f}); "
+            f"classic mesh vs MediaPipe classic {self.classic_px:.3f} px "
+            f"(z {self.classic_z:.3f}); classic path vs backend {self.iris_path_px:.2f} px "
+            f"({100 * self.iris_path_px / self.face_size:.2f} % of the face)"
         )
 
 
@@ -96,13 +101,15 @@ def _measure(
         static_image_mode=static, max_num_faces=1, refine_landmarks=False
     )
     ours = TorchLandmarkDetector(config, networks=networks)
-    ours_classic = TorchFaceMesh(networks, max_faces=1)
+    ours_iris = TorchLandmarkDetector(config, networks=networks, mesh_model="iris")
+    ours_classic = TorchFaceMesh(networks, max_faces=1, mesh_model="iris")
     rows = []
     try:
         for index, bgr in enumerate(frames):
             t = index / 30.0
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             reference, mine = backend.detect(bgr, t, index), ours.detect(bgr, t, index)
+            mine_iris = ours_iris.detect(bgr, t, index)
             classic_ref = _classic_points(classic, rgb)
             if static:
                 ours_classic.reset()
@@ -114,24 +121,28 @@ def _measure(
             assert mine.points.shape == (478, 3) and mine.points.dtype == np.float32
             assert (mine.width, mine.height) == (reference.width, reference.height)
             distance = np.linalg.norm(mine.points[:, :2] - reference.points[:, :2], axis=1)
+            iris_path = np.linalg.norm(mine_iris.points[:, :2] - reference.points[:, :2], axis=1)
             classic_mine_np = classic_mine[0].numpy()
             classic_distance = np.linalg.norm(classic_mine_np[:, :2] - classic_ref[:, :2], axis=1)
             rows.append(
                 (
+                    distance.mean(),
+                    np.abs(mine.points[:, 2] - reference.points[:, 2]).mean(),
+                    distance[IRIS].mean(),
+                    distance.max(),
                     classic_distance.mean(),
                     np.abs(classic_mine_np[:, 2] - classic_ref[:, 2]).mean(),
-                    distance.mean(),
-                    distance[IRIS].mean(),
+                    iris_path.mean(),
                     reference.size,
                 )
             )
     finally:
-        backend.close()
-        classic.close()
-        ours.close()
+        for tracker in (backend, classic, ours, ours_iris):
+            tracker.close()
     assert rows, "no frame with a face"
-    means = np.mean(rows, axis=0)
-    return Agreement(*(float(m) for m in means), frames=len(rows))
+    values = np.mean(rows, axis=0)
+    values[3] = np.max(np.array(rows)[:, 3])
+    return Agreement(*(float(v) for v in values), frames=len(rows))
 
 
 def _clip(path) -> Iterator[np.ndarray]:
@@ -169,12 +180,26 @@ def test_mesh_matches_mediapipe_classic_on_images(image_agreement, name):
     assert agreement.classic_z <= CLASSIC_MAX_PX, f"{name}: {agreement.report()}"
 
 
+def _assert_matches_backend(agreement: Agreement, report: str) -> None:
+    assert agreement.backend_px <= BACKEND_MAX_PX, report
+    assert agreement.backend_iris_px <= BACKEND_MAX_PX, report
+    assert agreement.backend_z <= BACKEND_MAX_PX, report
+    assert agreement.backend_worst_px <= BACKEND_WORST_POINT_PX, report
+
+
+def _assert_iris_path_near_backend(agreement: Agreement, report: str) -> None:
+    assert agreement.iris_path_px <= IRIS_PATH_MAX_FRACTION * agreement.face_size, report
+
+
 @pytest.mark.parametrize("name", ["grace_hopper", "astronaut"])
-def test_full_path_close_to_mediapipe_backend_on_images(image_agreement, name):
+def test_full_path_matches_mediapipe_backend_on_images(image_agreement, name):
+    _assert_matches_backend(image_agreement[name], f"{name}: {image_agreement[name].report()}")
+
+
+@pytest.mark.parametrize("name", ["grace_hopper", "astronaut"])
+def test_classic_path_close_to_mediapipe_backend_on_images(image_agreement, name):
     agreement = image_agreement[name]
-    bound = BACKEND_MAX_FRACTION * agreement.face_size
-    assert agreement.backend_px <= bound, f"{name}: {agreement.report()}"
-    assert agreement.backend_iris_px <= bound, f"{name}: {agreement.report()}"
+    _assert_iris_path_near_backend(agreement, f"{name}: {agreement.report()}")
 
 
 def test_tracking_matches_mediapipe_classic_on_clips(clip_agreement):
@@ -184,12 +209,16 @@ def test_tracking_matches_mediapipe_classic_on_clips(clip_agreement):
     assert max(a.classic_z for a in clip_agreement.values()) <= CLASSIC_MAX_PX, report
 
 
-def test_full_path_close_to_mediapipe_backend_on_clips(clip_agreement):
+def test_full_path_matches_mediapipe_backend_on_clips(clip_agreement):
     report = "; ".join(f"{name}: {a.report()}" for name, a in clip_agreement.items())
     for agreement in clip_agreement.values():
-        bound = BACKEND_MAX_FRACTION * agreement.face_size
-        assert agreement.backend_px <= bound, report
-        assert agreement.backend_iris_px <= bound, report
+        _assert_matches_backend(agreement, report)
+
+
+def test_classic_path_close_to_mediapipe_backend_on_clips(clip_agreement):
+    report = "; ".join(f"{name}: {a.report()}" for name, a in clip_agreement.items())
+    for agreement in clip_agreement.values():
+        _assert_iris_path_near_backend(agreement, report)
 
 
 def test_no_face_gives_none_and_reset_recovers(networks, other_face):
@@ -293,5 +322,4 @@ def test_motion_from_either_tracker_agrees(networks, clip):
     measured = f"{clip}: pose apart {np.round(pose_deg, 2)} deg, mouth r {r[0]:.3f}, eyes r "
     measured += f"{r[1]:.3f}/{r[2]:.3f}"
     assert pose_deg.max() <= MOTION_MAX_POSE_DEG, measured
-    assert r[0] >= MOTION_MIN_MOUTH_R, measured
-    assert min(r[1:]) >= MOTION_MIN_EYE_R, measured
+    assert min(r) >= MOTION_MIN_R, measured

@@ -56,7 +56,12 @@ def engine_modules(networks, max_faces: int) -> dict[str, EngineModule]:
 
 
 def test_engine_batches_cover_every_face_and_eye():
-    assert engine_batches(3) == {"face_detector": 1, "face_landmark": 3, "iris_landmark": 6}
+    assert engine_batches(3) == {
+        "face_detector": 1,
+        "face_landmark_attention": 3,
+        "face_landmark": 3,
+        "iris_landmark": 6,
+    }
 
 
 def test_smaller_batches_are_padded_and_sliced_back(networks):
@@ -86,10 +91,13 @@ def test_a_batch_beyond_the_engine_is_refused(networks):
         module(torch.rand(2, *NETWORKS["face_landmark"].input_shape[1:]))
 
 
-def test_landmarks_through_engines_equal_the_torch_path(networks, face_image):
+@pytest.mark.parametrize("mesh_model", ["attention", "iris"])
+def test_landmarks_through_engines_equal_the_torch_path(networks, face_image, mesh_model):
     config = MediaPipeTrackingConfig(max_faces=2)
-    plain = TorchLandmarkDetector(config, networks=networks)
-    engines = TorchLandmarkDetector(config, networks=engine_modules(networks, 2))
+    plain = TorchLandmarkDetector(config, networks=networks, mesh_model=mesh_model)
+    engines = TorchLandmarkDetector(
+        config, networks=engine_modules(networks, 2), mesh_model=mesh_model
+    )
     for index in range(3):  # detection, then tracking from the previous landmarks
         want = plain.detect(face_image, index / 30, index)
         got = engines.detect(face_image, index / 30, index)
