@@ -1,5 +1,8 @@
 """The torch ports of MediaPipe's networks against the TFLite runtime (LiteRT), on real faces:
-the same input tensors must give the same outputs, to 1e-3 of the input size in pixels."""
+the same input tensors must give the same outputs, to 1e-3 of the input size in pixels.
+LiteRT cannot run the attention mesh (MediaPipe's custom ops): tests/test_attention_ops.py
+checks those ops, tests/test_landmark_path.py the network within the path against
+MediaPipe's own FaceMesh."""
 
 from __future__ import annotations
 
