@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import functools
 import logging
 import secrets
 import time
@@ -319,12 +320,14 @@ class RemoteSession(Peer):
         config: Config,
         avatar: tuple[str, str],
         *,
-        build_pipeline: Callable[[Config, RollingStats], Pipeline],
+        build_pipeline: Callable[..., Pipeline],
         publish: Callable[[RemoteSession], FrameRelay | None],
+        engine: str = "cpu",
         test_hooks: bool = False,
     ):
         super().__init__(peer_id, on_closed)
         self.avatar_name, avatar_path = avatar
+        self.engine = engine  # the daemon's engines when the peer came: its pipeline's
         self.config = self._peer_config(config, avatar_path)
         self.stats = RollingStats(window=120)
         self._build_pipeline, self._publish = build_pipeline, publish
@@ -402,9 +405,8 @@ class RemoteSession(Peer):
         return await super().answer(offer)
 
     async def _work(self) -> None:
-        self._building = self._loop.run_in_executor(
-            self._executor, self._build_pipeline, self.config, self.stats
-        )
+        build = functools.partial(self._build_pipeline, engine=self.engine)
+        self._building = self._loop.run_in_executor(self._executor, build, self.config, self.stats)
         try:
             self.pipeline = pipeline = await asyncio.shield(self._building)
         except Exception as exc:
@@ -412,7 +414,12 @@ class RemoteSession(Peer):
             log.error("remote peer %s: cannot start its pipeline: %s", self.id, exc)
             self.close_soon()
             return
-        log.info("remote peer %s: pipeline ready (avatar %s)", self.id, self.avatar_name)
+        log.info(
+            "remote peer %s: pipeline ready (avatar %s, engines %s)",
+            self.id,
+            self.avatar_name,
+            self.engine,
+        )
         index = 0
         while True:
             await self._kick.wait()
@@ -481,7 +488,8 @@ class RemoteSession(Peer):
 
         if self.pipeline is not None:
             out = config.output
-            self.pipeline.set_generator(build_generator(config), out.width, out.height)
+            generator = build_generator(config, engine=self.engine)
+            self.pipeline.set_generator(generator, out.width, out.height)
 
     async def _release(self) -> None:
         for task in self._tasks:
@@ -504,6 +512,7 @@ class RemoteSession(Peer):
         return {
             **super().status(),
             "avatar": self.avatar_name,
+            "engine": self.engine,
             "size": [self.config.output.width, self.config.output.height],
             "face": self.pipeline.motion.state if self.pipeline else "starting",
             "error": self.error,
@@ -527,10 +536,12 @@ class PeerManager:
         relay: FrameRelay,
         publish_relay: FrameRelay,
         *,
-        build_pipeline: Callable[[Config, RollingStats], Pipeline],
+        build_pipeline: Callable[..., Pipeline],
+        engine: Callable[[], str] = lambda: "cpu",
         test_hooks: bool = False,
     ):
         self.config = config
+        self._engine = engine  # the engines the daemon runs on now (they follow reloads)
         self.preview = PreviewSource(relay, config.web.preview_width)
         self.publish_relay = publish_relay
         self._build_pipeline = build_pipeline
@@ -567,6 +578,7 @@ class PeerManager:
             avatar,
             build_pipeline=self._build_pipeline,
             publish=self._publisher,
+            engine=self._engine(),
             test_hooks=self._test_hooks,
         )
         _, answer = await self._open(session, offer)

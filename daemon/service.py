@@ -385,6 +385,9 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 1),
             "output": self.config.output.model_dump(),
             "avatar": self.config.avatar.image,
+            "engines": (
+                {"name": self.engine.name, "reason": self.engine.reason} if self.engine else None
+            ),
             "camera": capture,
             "sinks": [
                 {

@@ -509,9 +509,15 @@ class WebServer:
                 loop.relay,
                 self.publish_relay,
                 build_pipeline=build_pipeline,
+                engine=self._engine_name,
                 test_hooks=self._test_hooks,
             )
         return self.peers
+
+    def _engine_name(self) -> str:
+        """The engines the daemon runs on now: a new remote peer's pipeline runs there too."""
+        choice = self.daemon.engine
+        return choice.name if choice is not None else "cpu"
 
     # ------------------------------------------------------------ the application
 

@@ -1,8 +1,8 @@
 """The GPU engines' path (torch landmarks → motion → torch mesh generator) inside the
 daemon's own Pipeline, run here on torch's CPU device: the same classes `engines: cuda`
-builds on a GPU, against the CPU path on the same real driver frames. The two trackers are
-different face models (see test_landmark_path), so the head's motion is compared, and each
-published frame against the CPU generator rendering that same motion."""
+builds on a GPU, against the CPU path on the same real driver frames: the head's motion
+(both trackers run the same face model, see test_landmark_path), and each published frame
+against the CPU generator rendering that same motion."""
 
 from __future__ import annotations
 

@@ -416,6 +416,8 @@ def test_cli_status_calibrate_and_avatar_use_go_through_the_api(local):
     assert "sink null: ok" in result.stdout
     status = json.loads(local.cli("status", "--json").stdout)
     assert status["pid"] == local.process.proc.pid
+    engines = status["engines"]  # what the daemon logged at start, and why
+    assert f"engines: {engines['name']} ({engines['reason']})" in local.process.log()
 
     result = local.cli("calibrate")
     assert result.returncode == 0, result.stderr

@@ -179,6 +179,9 @@ def test_remote_mode_returns_the_avatar_animated_by_the_browser_camera(
     assert peer["face"] == "tracked" and peer["avatar"] == "default"
     assert peer["state"] == "connected" and peer["frames_out"] >= 30
     assert peer["size"] == list(SIZE)
+    # the peer's pipeline runs on the daemon's engines (cpu here, and the status says why)
+    engines = api(daemon, "GET", "/api/status")["engines"]
+    assert peer["engine"] == engines["name"] == "cpu" and engines["reason"]
     # web.remote.publish: the virtual camera publishes this peer's avatar meanwhile…
     assert api(daemon, "GET", "/api/status")["state"] == "remote"
     stop_all_remotes(browser, daemon)
