@@ -50,6 +50,17 @@ bench: install
 engines: install
 	$(BIN)/talking-head-cam --config config.yaml engines
 
+# The GPU checks on a lent GPU machine (its Python 3.12 lacks these): `make gpu-wheels` here,
+# then `bash tests/gpu_check.sh` there with .whl carried (see that script).
+GPU_WHEELS := mediapipe==0.10.14 protobuf==4.25.9 pydantic==2.14.4 pydantic-core==2.50.5 \
+	annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 tflite==2.18.0
+.PHONY: gpu-wheels
+gpu-wheels:
+	rm -rf .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+
 # Remote mode's round trip (browser camera frame → avatar frame back, median and p95) with a
 # real daemon and headless Chromium on this machine; about 30 s. Needs chromium, chromium-driver.
 bench-webrtc: install

@@ -489,6 +489,16 @@ class TorchFaceMesh:
         return self.irises(image, mesh)
 
 
+def exact_fp32_convolutions() -> None:
+    """cuDNN runs fp32 convolutions as TF32 by default on Ampere and later GPUs: a 10-bit
+    mantissa, about 0.1 px on outputs that are pixels of a 192 px crop. These networks are
+    small enough to run in full fp32 at no visible cost. (The legacy flag, which sets cuDNN's
+    convolutions and RNNs alike: mixing it with the per-op API makes torch raise.)"""
+    if torch.backends.cudnn.allow_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+        log.info("cuDNN TF32 off: the landmark networks run in full fp32")
+
+
 def to_float_image(image_rgb: torch.Tensor) -> torch.Tensor:
     """uint8 (H, W, 3) → float (1, 3, H, W), still 0..255."""
     return image_rgb.permute(2, 0, 1)[None].float()
@@ -543,6 +553,8 @@ class TorchLandmarkDetector:
             mesh_model=mesh_model,
         )
         self.device = self.pipeline.device  # where the networks are, if they were given
+        if self.device.type == "cuda":
+            exact_fp32_convolutions()
         self._previous: Landmarks | None = None
         self._last_detection: float | None = None
 

@@ -1,8 +1,9 @@
 """The GPU engines' path (torch landmarks → motion → torch mesh generator) inside the
-daemon's own Pipeline, run here on torch's CPU device: the same classes `engines: cuda`
-builds on a GPU, against the CPU path on the same real driver frames: the head's motion
-(both trackers run the same face model, see test_landmark_path), and each published frame
-against the CPU generator rendering that same motion."""
+daemon's own Pipeline, against the CPU path on the same real driver frames: the head's
+motion (both trackers run the same face model, see test_landmark_path), and each published
+frame against the CPU generator rendering that same motion. Everywhere on torch's CPU device
+(the same classes `engines: cuda` builds); where CUDA exists, also as `engines: cuda` itself
+builds it."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def driver_frames(face: np.ndarray) -> list[np.ndarray]:
     ]
 
 
-def gpu_path_pipeline(config: Config, stats: RollingStats):
+def gpu_path_on_cpu(config: Config, stats: RollingStats):
     """What build_pipeline makes for engines: cuda, on torch's CPU device."""
     out = config.output
     generator = TorchMeshGenerator(
@@ -46,13 +47,27 @@ def gpu_path_pipeline(config: Config, stats: RollingStats):
     return pipeline
 
 
-@pytest.fixture(scope="module")
-def outputs(other_face):
+def gpu_path_on_cuda(config: Config, stats: RollingStats):
+    return build_pipeline(config, stats, engine="cuda")
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        gpu_path_on_cpu,
+        pytest.param(
+            gpu_path_on_cuda,
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ),
+    ],
+    ids=["torch-cpu", "cuda"],
+)
+def outputs(request, other_face):
     torch.set_num_threads(1)
     config = Config.model_validate({"output": {"width": SIZE[0], "height": SIZE[1]}})
     frames = driver_frames(other_face)
     results = {}
-    for name, build in (("cpu", build_pipeline), ("gpu path", gpu_path_pipeline)):
+    for name, build in (("cpu", build_pipeline), ("gpu path", request.param)):
         stats = RollingStats()
         pipeline = build(config, stats)
         try:
