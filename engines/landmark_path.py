@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from daemon.config import MediaPipeTrackingConfig
 from daemon.landmarks import Landmarks, choose_face
 from engines.landmark_nets import MESH_MODEL_NETWORKS, NETWORKS, TFLiteNet, load_networks
+from engines.torch_warp import upload
 
 log = logging.getLogger(__name__)
 
@@ -458,35 +459,65 @@ class TorchFaceMesh:
         )
 
     @torch.inference_mode()
-    def track(self, image: torch.Tensor) -> torch.Tensor:
-        """The face model's points on a (1, 3, H, W) 0..255 float frame, in pixels
-        ((K, 468, 3) for the classic mesh, before the iris model; (K, 478, 3) for the
-        attention mesh), updating the tracked ROIs for the next frame (from these points,
-        as MediaPipe does)."""
+    def track_all(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The face model on every ROI of a (1, 3, H, W) 0..255 float frame: points in
+        pixels ((K, 468, 3) for the classic mesh, before the iris model; (K, 478, 3) for the
+        attention mesh) and (K,) face scores, all left on the device. The next frame's ROIs
+        come from these points (as MediaPipe does), lost faces included until `keep` hears
+        which were found: no host sync here on a tracking frame."""
         rois = self.face_rois(image)
         points = MESH_POINTS if self.mesh_model == "iris" else ALL_POINTS
-        mesh = image.new_zeros((0, points, 3))
-        if len(rois) > 0:
-            mesh, scores = self.mesh(image, rois)
-            mesh = mesh[scores >= self.min_tracking_confidence]
-        if len(mesh) == 0:
+        if len(rois) == 0:  # a shape, known on the host
             self._tracked = None
-            return mesh
+            return image.new_zeros((0, points, 3)), image.new_zeros((0,))
+        mesh, scores = self.mesh(image, rois)
         start, end = FACE_ROTATION_POINTS
         self._tracked = rois_from_points(mesh, start, end, FACE_ROI_SCALE)
-        return mesh
+        return mesh, scores
+
+    def keep(self, found: np.ndarray) -> None:
+        """Track on only the faces of the last frame that `found` (host booleans, one per
+        face) marks as faces: none found means detecting again."""
+        if self._tracked is None or found.all():
+            return
+        if not found.any():
+            self._tracked = None
+            return
+        index = torch.from_numpy(np.flatnonzero(found)).to(self._tracked.device)
+        self._tracked = self._tracked[index]  # a rare upload: some faces of several lost
+
+    def found(self, scores: np.ndarray) -> np.ndarray:
+        """Which face scores (read back to the host) count as a face."""
+        return scores >= self.min_tracking_confidence
+
+    @torch.inference_mode()
+    def track(self, image: torch.Tensor) -> torch.Tensor:
+        """track_all with the lost faces dropped (a host sync): (K, 468|478, 3) points."""
+        mesh, scores = self.track_all(image)
+        found = self.found(scores.cpu().numpy())
+        self.keep(found)
+        return mesh[torch.from_numpy(np.flatnonzero(found)).to(mesh.device)]
+
+    @torch.inference_mode()
+    def process_all(self, image_rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every tracked or detected face in a uint8 (H, W, 3) RGB frame on the device:
+        (K, 478, 3) float32 points, pixels of that frame (z scaled like x), and (K,) scores
+        (see `found`); the caller reads both back and calls `keep`. No host sync on a
+        tracking frame of the attention mesh."""
+        image = to_float_image(image_rgb)
+        mesh, scores = self.track_all(image)
+        if self.mesh_model == "attention" or len(mesh) == 0:
+            return mesh if len(mesh) else image.new_zeros((0, ALL_POINTS, 3)), scores
+        return self.irises(image, mesh), scores
 
     @torch.inference_mode()
     def process(self, image_rgb: torch.Tensor) -> torch.Tensor:
-        """All faces in a uint8 (H, W, 3) RGB frame on the device: (K, 478, 3) float32
-        points, pixels of that frame (z scaled like x); K = 0 when there is none."""
-        image = to_float_image(image_rgb)
-        mesh = self.track(image)
-        if len(mesh) == 0:
-            return image.new_zeros((0, ALL_POINTS, 3))
-        if self.mesh_model == "attention":
-            return mesh
-        return self.irises(image, mesh)
+        """The faces found in a uint8 (H, W, 3) RGB frame on the device: (K, 478, 3)
+        float32 points (K = 0 when there is none), the lost ones dropped (a host sync)."""
+        points, scores = self.process_all(image_rgb)
+        found = self.found(scores.cpu().numpy())
+        self.keep(found)
+        return points[torch.from_numpy(np.flatnonzero(found)).to(points.device)]
 
 
 def exact_fp32_convolutions() -> None:
@@ -560,7 +591,7 @@ class TorchLandmarkDetector:
 
     def detect(self, image: np.ndarray, t_capture: float, index: int) -> Landmarks | None:
         """The followed face in a BGR uint8 frame, or None."""
-        bgr = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        bgr = upload(image, self.device)  # async through pinned memory on CUDA
         return self.detect_tensor(bgr.flip(-1), t_capture, index)
 
     def detect_tensor(
@@ -570,12 +601,16 @@ class TorchLandmarkDetector:
         self._redetect_when_due(t_capture)
         height, width = image_rgb.shape[:2]
         small = downscaled(image_rgb, self.MAX_WIDTH)
-        faces = self.pipeline.process(small)
-        if len(faces) == 0:
+        faces, scores = self.pipeline.process_all(small)
+        scaled = _scale_points(faces, width / small.shape[1], height / small.shape[0])
+        # the one readback of a tracking frame: points and scores together
+        packed = torch.cat([scaled.flatten(1), scores[:, None]], 1).cpu().numpy()
+        found = self.pipeline.found(packed[:, -1])
+        self.pipeline.keep(found)
+        arrays = [p.reshape(ALL_POINTS, 3).astype(np.float32) for p in packed[found, :-1]]
+        if not arrays:
             self._previous = None
             return None
-        scaled = _scale_points(faces, width / small.shape[1], height / small.shape[0])
-        arrays = list(scaled.cpu().numpy().astype(np.float32))  # the one readback
         chosen = choose_face(arrays, self._previous, width, height)
         landmarks = Landmarks(arrays[chosen], width, height, t_capture, index, len(arrays))
         self._previous = landmarks

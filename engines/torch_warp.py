@@ -57,16 +57,30 @@ def upload(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
 # ---------------------------------------------------------------- rasterisation
 
 
-def to_fixed(points: torch.Tensor) -> torch.Tensor:
-    """Pixel positions → int64 in 1/16 px, rounded as fillConvexPoly's shift 4 takes them."""
-    return torch.round(points * SUBPIXEL).long()
+def fixed_corners(points: np.ndarray) -> np.ndarray:
+    """Pixel positions → int64 in 1/16 px, rounded as fillConvexPoly's shift 4 takes them
+    (np.round, halves to even, as daemon.warp rounds them for cv2.fillConvexPoly)."""
+    return np.round(points * SUBPIXEL).astype(np.int64)
+
+
+def candidate_count(corners: np.ndarray, height: int, width: int) -> int:
+    """How many candidates _candidate_pixels gives for these fixed-point (T, 3, 2) corners,
+    worked out on the host, where the caller has them: told to repeat_interleave, the
+    rasteriser needs no host sync."""
+    half = SUBPIXEL_ONE // 2
+    low = np.maximum((corners.min(1) + half) >> SUBPIXEL_BITS, 0)
+    high = np.minimum((corners.max(1) + half) >> SUBPIXEL_BITS, (width - 1, height - 1))
+    spans = np.maximum(high - low + 1, 0)
+    return int((spans[:, 0] * spans[:, 1]).sum())
 
 
 def _candidate_pixels(
-    corners: torch.Tensor, height: int, width: int
+    corners: torch.Tensor, height: int, width: int, candidates: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every (triangle, x, y) whose pixel lies in the triangle's bounding box (rounded as
-    fillConvexPoly rounds it), clipped to the image: the candidates for the edge test."""
+    fillConvexPoly rounds it), clipped to the image: the candidates for the edge test.
+    `candidates` is their number if the caller knows it (candidate_count); if not, finding
+    it is a host sync on CUDA."""
     half = SUBPIXEL_ONE // 2
     low = (corners.min(1).values + half) >> SUBPIXEL_BITS  # (K, 2) whole pixels
     high = (corners.max(1).values + half) >> SUBPIXEL_BITS
@@ -74,8 +88,9 @@ def _candidate_pixels(
     high = torch.stack([high[:, 0].clamp(max=width - 1), high[:, 1].clamp(max=height - 1)], 1)
     spans = (high - low + 1).clamp(min=0)
     counts = spans[:, 0] * spans[:, 1]
-    # the candidates' number is data-dependent: the one host sync of the rasteriser (on CUDA)
-    triangle = torch.repeat_interleave(torch.arange(len(corners), device=corners.device), counts)
+    triangle = torch.repeat_interleave(
+        torch.arange(len(corners), device=corners.device), counts, output_size=candidates
+    )
     starts = torch.cumsum(counts, 0) - counts
     local = torch.arange(len(triangle), device=corners.device) - starts[triangle]
     box_width = spans[triangle, 0]
@@ -234,17 +249,22 @@ def _painted(
 
 
 def rasterize_ids(
-    corners: torch.Tensor, order: torch.Tensor, height: int, width: int
+    corners: torch.Tensor,
+    order: torch.Tensor,
+    height: int,
+    width: int,
+    candidates: int | None = None,
 ) -> torch.Tensor:
     """A (height, width) int64 image holding 1 + the index of the triangle drawn last at each
     pixel (0: none), triangles drawn in `order` (far first), like daemon.warp.rasterize_ids.
 
-    `corners` (T, 3, 2) are int64 pixel positions in 1/16 px (see to_fixed). Each triangle
+    `corners` (T, 3, 2) are int64 pixel positions in 1/16 px (see fixed_corners). Each triangle
     proposes the pixels of its bounding box; an edge test keeps its own, and a scatter-max of
     the drawing rank leaves the last-drawn one: painter's order without a loop.
+    `candidates`: candidate_count of corners[order], if the caller has it on the host.
     """
     drawn = corners[order]
-    triangle, xs, ys = _candidate_pixels(drawn, height, width)
+    triangle, xs, ys = _candidate_pixels(drawn, height, width, candidates)
     keep = _painted(drawn, triangle, xs, ys, height, width)
     # candidates lie inside the image: the ones not kept scatter rank 0, which changes
     # nothing under amax (no boolean compaction, so no host sync on CUDA)

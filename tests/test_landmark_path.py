@@ -232,6 +232,37 @@ def test_no_face_gives_none_and_reset_recovers(networks, other_face):
     detector.close()
 
 
+def test_a_face_lost_while_tracked_is_dropped_and_found_again(networks, other_face):
+    """The face's score is read back with its points: a tracked face that vanishes gives
+    None at once, and the next frame detects afresh."""
+    detector = TorchLandmarkDetector(MediaPipeTrackingConfig(), networks=networks)
+    gray = np.full_like(other_face, 128)
+    assert detector.detect(other_face, 0.0, 0) is not None
+    assert detector.pipeline._tracked is not None  # tracking from here on
+    assert detector.detect(gray, 0.1, 1) is None
+    assert detector.pipeline._tracked is None  # lost: detect on the next frame
+    again = detector.detect(other_face, 0.2, 2)
+    assert again is not None and again.faces_seen == 1
+    detector.close()
+
+
+def test_of_two_tracked_faces_the_lost_one_is_dropped(networks, other_face):
+    config = MediaPipeTrackingConfig(max_faces=2)
+    detector = TorchLandmarkDetector(config, networks=networks)
+    face = other_face[0:320, 80:400]  # the astronaut's head, so that two fit side by side
+    both = np.hstack([face, face[:, ::-1]])
+    one = both.copy()
+    one[:, face.shape[1] :] = 128
+    first = detector.detect(both, 0.0, 0)
+    assert first is not None and first.faces_seen == 2
+    assert len(detector.pipeline._tracked) == 2
+    second = detector.detect(one, 0.1, 1)
+    assert second is not None and second.faces_seen == 1
+    assert second.points[:, 0].max() < face.shape[1]  # the face that is still there
+    assert len(detector.pipeline._tracked) == 1
+    detector.close()
+
+
 def test_wide_frames_are_scaled_down_and_back(networks, other_face):
     """A 1280-wide frame is tracked at 640 like the CPU backend; points come back at 1280."""
     detector = TorchLandmarkDetector(MediaPipeTrackingConfig(), networks=networks)
