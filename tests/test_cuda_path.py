@@ -4,16 +4,22 @@ code on the CPU and against MediaPipe's FaceMesh (skipped where torch sees no CU
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import cv2
 import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA
 
-from daemon.config import MediaPipeTrackingConfig
+from daemon.avatar_prep import prepare_avatar
+from daemon.config import MediaPipeTrackingConfig, MeshGeneratorConfig
 from daemon.landmarks import MediaPipeLandmarks
+from daemon.motion import Motion
 from engines.landmark_nets import NETWORKS, TFLiteNet, example_input, load_networks
 from engines.landmark_path import TorchFaceMesh, TorchLandmarkDetector, crop_rois, to_float_image
+from engines.torch_generator import TorchMeshGenerator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -121,3 +127,35 @@ def test_cuda_tracker_turns_tf32_off(networks):
     """Ampere and later run fp32 convolutions as TF32 unless told not to."""
     TorchLandmarkDetector(MediaPipeTrackingConfig(), networks=networks["cuda"])
     assert not torch.backends.cudnn.allow_tf32
+
+
+@contextlib.contextmanager
+def no_host_sync() -> Iterator[None]:
+    """Any synchronising CUDA call inside raises (torch's sync debug mode)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_a_tracking_frame_runs_without_a_host_sync(networks, other_face):
+    """Upload to readback, a frame of a tracked face waits for the GPU only when its
+    points are read back."""
+    detector = TorchLandmarkDetector(MediaPipeTrackingConfig(), networks=networks["cuda"])
+    assert detector.detect(other_face, 0.0, 0) is not None  # detects: tracking from here
+    rgb = torch.from_numpy(cv2.cvtColor(other_face, cv2.COLOR_BGR2RGB)).cuda()
+    with no_host_sync():
+        points, scores = detector.pipeline.process_all(rgb)
+    assert points.shape == (1, 478, 3) and float(scores[0]) > 0.5
+
+
+def test_the_generator_renders_without_a_host_sync():
+    generator = TorchMeshGenerator(
+        MeshGeneratorConfig(), prepare_avatar("default"), 1280, 720, device="cuda"
+    )
+    generator.render_tensor(Motion())  # first use: lazy allocations
+    with no_host_sync():
+        frame = generator.render_tensor(Motion(yaw=12.0, mouth_open=0.4, gaze=(0.3, 0.0)))
+    assert frame.is_cuda and frame.shape == (720, 1280, 3)
