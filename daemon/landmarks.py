@@ -151,8 +151,8 @@ def build_landmarks(
     config: MediaPipeTrackingConfig, engine: str = "cpu", engine_cache: Path | None = None
 ) -> LandmarkDetector:
     """The tracker for `tracking.type` on the chosen engines (engines.select): MediaPipe on
-    the CPU; on an NVIDIA GPU our torch port of the same networks (cuda), or TensorRT
-    engines built from their ONNX export into `engine_cache` (tensorrt)."""
+    the CPU; on an NVIDIA GPU our torch port of the same networks replayed as CUDA graphs
+    (cuda), or TensorRT engines built from their ONNX export into `engine_cache` (tensorrt)."""
     if engine == "cpu":
         backends = {"mediapipe": MediaPipeLandmarks}
         return backends[config.type](config)
@@ -164,4 +164,6 @@ def build_landmarks(
 
         cache = engine_cache if engine_cache is not None else engine_cache_dir(None)
         return TorchLandmarkDetector(config, "cuda", tensorrt_networks(cache, config.max_faces))
-    return TorchLandmarkDetector(config, "cuda")
+    from engines.graphed_networks import graphed_networks
+
+    return TorchLandmarkDetector(config, "cuda", graphed_networks(config.max_faces))

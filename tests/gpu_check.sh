@@ -21,6 +21,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     torch.cuda.get_device_name(0) if torch.cuda.is_available() else "(no CUDA device)")'
 } 2>&1 | tee "$out/device.txt"
 "$python" -m pytest -q -p no:cacheprovider -rs tests/test_cuda_path.py tests/test_gpu_path.py \
+  tests/test_graphed_networks.py \
   tests/test_torch_generator.py tests/test_cuda_stream.py tests/test_engines_select.py \
   2>&1 | tee "$out/tests.txt"
 tests=${PIPESTATUS[0]}
