@@ -506,9 +506,11 @@ class TorchFaceMesh:
         tracking frame of the attention mesh."""
         image = to_float_image(image_rgb)
         mesh, scores = self.track_all(image)
-        if self.mesh_model == "attention" or len(mesh) == 0:
-            return mesh if len(mesh) else image.new_zeros((0, ALL_POINTS, 3)), scores
-        return self.irises(image, mesh), scores
+        if len(mesh) == 0:
+            return image.new_zeros((0, ALL_POINTS, 3)), scores
+        if self.mesh_model == "iris":
+            mesh = self.irises(image, mesh)
+        return mesh, scores
 
     @torch.inference_mode()
     def process(self, image_rgb: torch.Tensor) -> torch.Tensor:
