@@ -11,17 +11,21 @@ the stream ordering for both. Off CUDA the runner runs the network eagerly on th
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 
 import torch
 
-from engines.landmark_nets import MESH_MODEL_NETWORKS, TFLiteNet, load_networks
-from engines.onnx_export import INPUT_NAME
+from engines.landmark_nets import INPUT_NAME, MESH_MODEL_NETWORKS, TFLiteNet, load_networks
 from engines.trt_landmarks import EngineModule, engine_batches
 
 log = logging.getLogger(__name__)
 
 WARMUP_RUNS = 3  # eager runs before capture: lazy initialisation, cuDNN's algorithm choice
+# One capture at a time in the process: remote peers build and first run their own
+# networks on their own threads while the frame loop may be capturing too, and a capture
+# must not see another thread's warm-up or capture (this guards the device, not our data).
+_CAPTURE_LOCK = threading.Lock()
 
 
 class GraphRunner:
@@ -34,6 +38,7 @@ class GraphRunner:
         shape = (batch, *net.spec.input_shape[1:])
         self.inputs = {INPUT_NAME: torch.zeros(shape, device=device)}
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.replays = 0
         self._outputs: dict[str, torch.Tensor] = {}
 
     def run(
@@ -49,20 +54,23 @@ class GraphRunner:
         assert self.graph is not None and stream is not None
         with torch.cuda.stream(stream):
             self.graph.replay()
+        self.replays += 1
         return self._outputs
 
     def _capture(self, x: torch.Tensor) -> None:
+        """Warm up on a side stream, then capture on a stream of this runner's own (torch's
+        default capture stream is one for the whole process)."""
         side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_RUNS):
-                self.net(x)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: CUDA work of other threads (remote peers, the web preview) must not
-        # void this capture
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            outputs = self.net(x)
+        with _CAPTURE_LOCK:
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_RUNS):
+                    self.net(x)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: other threads' CUDA work (the web preview) must not void it
+            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+                outputs = self.net(x)
         self._outputs = dict(zip(self.net.output_names, outputs, strict=True))
         self.graph = graph
         log.info("%s: captured as a CUDA graph (batch %d)", self.net.spec.name, x.shape[0])

@@ -34,6 +34,9 @@ from engines.tflite_graph import Operator, TFLiteGraph, TFLiteGraphError, read_t
 log = logging.getLogger(__name__)
 
 
+INPUT_NAME = "image"  # every network's one input, in exports and engines alike
+
+
 @dataclass(frozen=True, slots=True)
 class NetworkSpec:
     """Where a network's weights live and what it takes and gives."""

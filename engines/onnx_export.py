@@ -15,6 +15,8 @@ import copy
 import hashlib
 import json
 import logging
+import os
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,14 +28,21 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 from tqdm import tqdm
 
-from engines.landmark_nets import NETWORKS, TFLiteNet, example_input, load_networks
+from engines.landmark_nets import (
+    INPUT_NAME,
+    NETWORKS,
+    TFLiteNet,
+    example_input,
+    load_networks,
+    model_path,
+)
+from engines.tensorrt_runtime import cache_lock, write_atomic
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-INPUT_NAME = "image"
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: entries carry the .tflite's sha256 (source_sha256)
 
 
 def onnx_path(out_dir: Path, name: str) -> Path:
@@ -96,8 +105,9 @@ def _set_output_shapes(model: onnx.ModelProto, shapes: list[tuple[int, ...]]) ->
 
 def export_network(net: TFLiteNet, path: Path) -> Path:
     """One network to ONNX (TorchScript-based exporter: the dynamo one needs onnxscript),
-    constants folded, checked by onnx.checker."""
+    constants folded, checked by onnx.checker; `path` is replaced whole, never half-written."""
     spec = net.spec
+    final, path = path, path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
     dynamic = {INPUT_NAME: {0: "batch"}} | {name: {0: "batch"} for name in spec.output_names}
     with torch.no_grad(), warnings.catch_warnings():
         # the legacy exporter is the one that needs no onnxscript; we fold constants below
@@ -120,7 +130,8 @@ def export_network(net: TFLiteNet, path: Path) -> Path:
     _set_output_shapes(model, shapes)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
-    return path
+    os.replace(path, final)
+    return final
 
 
 def _manifest_entry(net: TFLiteNet, path: Path) -> dict:
@@ -131,6 +142,7 @@ def _manifest_entry(net: TFLiteNet, path: Path) -> dict:
         "name": spec.name,
         "file": path.name,
         "sha256": sha256_of(path),
+        "source_sha256": sha256_of(model_path(spec.name)),
         "input": {
             "name": INPUT_NAME,
             "shape": list(spec.input_shape),
@@ -151,23 +163,50 @@ def export_onnx(
     progress: bool = True,
     networks: dict[str, TFLiteNet] | None = None,
     names: Sequence[str] | None = None,
+    force: bool = False,
 ) -> list[Path]:
     """Export the named networks (default: every one) to `out_dir` (created if needed) and
-    write their manifest; returns the ONNX files, in `names` order."""
+    record them in its manifest; returns the ONNX files, in `names` order. A file already
+    exported from the same .tflite (same opset and manifest version) is kept unless `force`:
+    the daemon and each remote peer on TensorRT ask for the files, under the folder's lock."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     names = tuple(names or NETWORKS)
-    nets = networks if networks is not None else load_networks("cpu", names)
-    paths, entries = [], []
-    for name in tqdm(names, desc="ONNX export", unit="network", disable=not progress):
-        net = _on_cpu(nets[name])
-        path = export_network(net, onnx_path(out_dir, name))
-        entries.append(_manifest_entry(net, path))
-        paths.append(path)
-        log.info("exported %s (%d bytes)", path, path.stat().st_size)
-    manifest = {"version": MANIFEST_VERSION, "opset": OPSET, "networks": entries}
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    return paths
+    with cache_lock(out_dir):
+        entries = _current_entries(out_dir)
+        stale = [name for name in names if force or not _up_to_date(out_dir, entries.get(name))]
+        nets = networks if networks is not None or not stale else load_networks("cpu", stale)
+        for name in tqdm(stale, desc="ONNX export", unit="network", disable=not progress):
+            net = _on_cpu(nets[name])
+            path = export_network(net, onnx_path(out_dir, name))
+            entries[name] = _manifest_entry(net, path)
+            log.info("exported %s (%d bytes)", path, path.stat().st_size)
+        kept = [entries[name] for name in NETWORKS if name in entries]
+        manifest = {"version": MANIFEST_VERSION, "opset": OPSET, "networks": kept}
+        write_atomic(out_dir / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
+    return [onnx_path(out_dir, name) for name in names]
+
+
+def _current_entries(out_dir: Path) -> dict[str, dict]:
+    """The manifest's entries by network, if it is one of this version and opset."""
+    try:
+        manifest = read_manifest(out_dir)
+    except (OSError, ValueError):
+        return {}
+    if manifest.get("version") != MANIFEST_VERSION or manifest.get("opset") != OPSET:
+        return {}
+    return {entry["name"]: entry for entry in manifest.get("networks", [])}
+
+
+def _up_to_date(out_dir: Path, entry: dict | None) -> bool:
+    """The entry's file is there, unchanged, and exported from today's .tflite weights."""
+    if entry is None or entry.get("name") not in NETWORKS:
+        return False
+    path = out_dir / entry["file"]
+    return (
+        path.is_file()
+        and entry.get("source_sha256") == sha256_of(model_path(entry["name"]))
+        and entry.get("sha256") == sha256_of(path)
+    )
 
 
 def read_manifest(out_dir: Path) -> dict:

@@ -9,14 +9,17 @@ Everything but the few calls into `tensorrt` is plain logic on plain values, tes
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import importlib
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -165,7 +168,7 @@ def read_sidecar(path: Path) -> EngineRecord | None:
 
 def write_sidecar(record: EngineRecord, cache_dir: Path) -> Path:
     path = record.sidecar_path(cache_dir)
-    _write_atomic(path, (json.dumps(asdict(record), indent=2) + "\n").encode())
+    write_atomic(path, (json.dumps(asdict(record), indent=2) + "\n").encode())
     return path
 
 
@@ -205,17 +208,28 @@ def ensure_engine(
     expected: EngineRecord, cache_dir: Path, build: Callable[[], bytes]
 ) -> tuple[Path, Decision]:
     """Return the cached plan for `expected`, calling `build` (→ plan bytes) only on a miss
-    or rebuild; writes the plan, then its sidecar (so a crash mid-way means rebuild)."""
+    or rebuild; writes the plan, then its sidecar (so a crash mid-way means rebuild). One
+    builder at a time: whoever waited finds the plan the other built."""
+    plan_path = expected.plan_path(cache_dir)
+    if cache_decision(expected, cache_dir) == "hit":
+        log.debug("engine %s: cached %s", expected.network, plan_path.name)
+        return plan_path, "hit"
+    with cache_lock(cache_dir):
+        return _build_locked(expected, cache_dir, build)
+
+
+def _build_locked(
+    expected: EngineRecord, cache_dir: Path, build: Callable[[], bytes]
+) -> tuple[Path, Decision]:
     decision = cache_decision(expected, cache_dir)
     plan_path = expected.plan_path(cache_dir)
     if decision == "hit":
-        log.debug("engine %s: cached %s", expected.network, plan_path.name)
+        log.debug("engine %s: built meanwhile %s", expected.network, plan_path.name)
         return plan_path, decision
     log.info("engine %s: building (%s) → %s", expected.network, decision, plan_path)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     plan = build()
-    _write_atomic(plan_path, plan)
+    write_atomic(plan_path, plan)
     record = EngineRecord(
         **{
             **asdict(expected),
@@ -237,10 +251,25 @@ def timing_cache_path(cache_dir: Path, target: BuildTarget) -> Path:
     return cache_dir / f"timing-{tag}.cache"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never half of one (the temporary name is
+    per process and thread: remote peers build their engines on threads of their own)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def cache_lock(folder: Path) -> Iterator[None]:
+    """Exclusive use of a cache folder across threads and processes (flock on a lock file:
+    the daemon, its remote peers and `make engines` may all export or build at once)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------- ONNX inputs and profiles
@@ -418,7 +447,7 @@ def _build_plan(
             f"TensorRT could not build an engine from {onnx_path} (see the log above); "
             "use engines: cuda"
         )
-    _write_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
+    write_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
     return bytes(plan)
 
 

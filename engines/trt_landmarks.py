@@ -15,9 +15,7 @@ from typing import Protocol
 
 import torch
 
-from engines.landmark_nets import MESH_MODEL_NETWORKS, NETWORKS
-from engines.onnx_export import INPUT_NAME, export_onnx
-from engines.tensorrt_runtime import build_engine
+from engines.landmark_nets import INPUT_NAME, MESH_MODEL_NETWORKS, NETWORKS
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +85,9 @@ def tensorrt_networks(
     """Export the ONNX graphs of `mesh_model`'s networks into the cache, build (or reuse)
     an FP16 engine for each and load them: the `networks` argument of
     TorchLandmarkDetector."""
-    from engines.tensorrt_runtime import TrtNetwork
+    # here, not at the top: the CUDA-graph path shares this module without onnx
+    from engines.onnx_export import export_onnx
+    from engines.tensorrt_runtime import TrtNetwork, build_engine
 
     onnx_dir = Path(cache_dir) / "onnx"
     batches = engine_batches(max_faces)

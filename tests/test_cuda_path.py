@@ -18,7 +18,13 @@ from daemon.config import MediaPipeTrackingConfig, MeshGeneratorConfig
 from daemon.landmarks import MediaPipeLandmarks
 from daemon.motion import Motion
 from engines.landmark_nets import NETWORKS, TFLiteNet, example_input, load_networks
-from engines.landmark_path import TorchFaceMesh, TorchLandmarkDetector, crop_rois, to_float_image
+from engines.landmark_path import (
+    TorchFaceMesh,
+    TorchLandmarkDetector,
+    crop_rois,
+    exact_fp32_convolutions,
+    to_float_image,
+)
 from engines.torch_generator import TorchMeshGenerator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -29,9 +35,13 @@ CLIP_FRAMES = 30
 
 
 @pytest.fixture(scope="module")
-def networks() -> dict[str, dict[str, TFLiteNet]]:
+def networks() -> Iterator[dict[str, dict[str, TFLiteNet]]]:
+    """Both devices' networks, convolutions in full fp32 on CUDA (as the daemon runs them)."""
     torch.set_num_threads(1)
-    return {"cpu": load_networks("cpu"), "cuda": load_networks("cuda")}
+    allow_tf32 = torch.backends.cudnn.allow_tf32
+    exact_fp32_convolutions()
+    yield {"cpu": load_networks("cpu"), "cuda": load_networks("cuda")}
+    torch.backends.cudnn.allow_tf32 = allow_tf32
 
 
 def _face_crops(cpu_networks: dict[str, TFLiteNet], images: list[np.ndarray]) -> torch.Tensor:
@@ -125,6 +135,7 @@ def test_landmark_path_on_cuda_matches_mediapipe(networks, face_image, other_fac
 
 def test_cuda_tracker_turns_tf32_off(networks):
     """Ampere and later run fp32 convolutions as TF32 unless told not to."""
+    torch.backends.cudnn.allow_tf32 = True  # torch's default
     TorchLandmarkDetector(MediaPipeTrackingConfig(), networks=networks["cuda"])
     assert not torch.backends.cudnn.allow_tf32
 

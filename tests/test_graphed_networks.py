@@ -10,9 +10,9 @@ import torch
 
 from daemon.config import MediaPipeTrackingConfig
 from engines.graphed_networks import GraphRunner, graphed_networks
-from engines.landmark_nets import example_input, load_networks
+from engines.landmark_nets import INPUT_NAME, MESH_MODEL_NETWORKS, example_input, load_networks
 from engines.landmark_path import TorchLandmarkDetector
-from engines.onnx_export import INPUT_NAME
+from engines.trt_landmarks import engine_batches
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -40,7 +40,9 @@ def test_graphed_networks_give_the_plain_landmarks(networks, face_image, mesh_mo
     config = MediaPipeTrackingConfig(max_faces=2)
     plain = TorchLandmarkDetector(config, networks=networks, mesh_model=mesh_model)
     graphed = graphed_networks(2, "cpu", mesh_model, networks)
-    assert {m.batch for m in graphed.values()} >= {2}
+    assert {name: m.batch for name, m in graphed.items()} == {
+        name: engine_batches(2)[name] for name in MESH_MODEL_NETWORKS[mesh_model]
+    }
     wrapped = TorchLandmarkDetector(config, networks=graphed, mesh_model=mesh_model)
     worst = _same_landmarks(plain, wrapped, face_image)
     # batched convolutions round differently from single ones, and tracking carries it on
@@ -73,10 +75,17 @@ def test_cuda_graph_is_captured_once_and_replays_the_network():
         for g, w in zip(got, want, strict=True):
             scale = float(w.abs().max())
             assert float((g - w).abs().max()) <= 1e-4 * scale
-    graph = module._runner.graph
-    assert graph is not None
-    module(example_input("face_landmark_attention", batch=1).cuda())
-    assert module._runner.graph is graph  # replayed, not captured again
+    runner = module._runner
+    graph, replays = runner.graph, runner.replays
+    assert graph is not None and replays == 3
+    one = example_input("face_landmark_attention", batch=1, seed=5).cuda()
+    with torch.inference_mode():
+        got = module(one)  # a batch of 1 in the graph of 2: padded, then sliced
+        want = nets["face_landmark_attention"](one)
+    assert runner.graph is graph and runner.replays == 4  # replayed, not captured again
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        assert float((g - w).abs().max()) <= 1e-4 * float(w.abs().max())
 
 
 @cuda_only

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,7 @@ def test_engines_command_exports_checks_and_says_why_no_tensorrt(tmp_path):
     assert set(diffs) == set(NETWORKS)
     assert all(d < 1e-3 for d in diffs.values()), diffs
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [
+        ".lock",  # no temporary file left behind, only the folder's lock
         "face_detector.onnx",
         "face_landmark.onnx",
         "face_landmark_attention.onnx",
@@ -137,3 +139,44 @@ def test_engines_command_exports_checks_and_says_why_no_tensorrt(tmp_path):
     ]
     assert "ONNX export: 100%" in proc.stderr  # the progress bar
     assert lines[-1].startswith("TensorRT engines: not built here (no NVIDIA GPU")
+
+
+def test_an_up_to_date_export_is_kept_and_a_stale_one_redone(networks, tmp_path):
+    """The daemon and every remote peer on TensorRT ask for the files: only what changed
+    (other weights, a missing or altered file) is exported again; the others keep theirs."""
+    names = ["face_detector", "iris_landmark"]
+    export_onnx(tmp_path, progress=False, networks=networks, names=names)
+    first = {name: (tmp_path / f"{name}.onnx").stat().st_mtime_ns for name in names}
+    export_onnx(tmp_path, progress=False, networks=networks, names=names)
+    assert {name: (tmp_path / f"{name}.onnx").stat().st_mtime_ns for name in names} == first
+
+    manifest_path = tmp_path / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["networks"][0]["source_sha256"] = "0" * 64  # as if mediapipe's weights changed
+    manifest_path.write_text(json.dumps(manifest))
+    export_onnx(tmp_path, progress=False, networks=networks, names=["face_detector"])
+    assert (tmp_path / "face_detector.onnx").stat().st_mtime_ns != first["face_detector"]
+    assert (tmp_path / "iris_landmark.onnx").stat().st_mtime_ns == first["iris_landmark"]
+    entries = {e["name"]: e for e in json.loads(manifest_path.read_text())["networks"]}
+    assert set(entries) == set(names)  # a partial export keeps the other entries
+    assert check_onnx(tmp_path, networks).keys() == set(names)
+
+
+def test_concurrent_exports_into_one_folder_leave_valid_files(networks, tmp_path):
+    """Two threads (two remote peers starting at once) exporting into the same cache."""
+    errors: list[BaseException] = []
+
+    def export() -> None:
+        try:
+            export_onnx(tmp_path, progress=False, networks=networks, names=["face_detector"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=export) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert check_onnx(tmp_path, networks) == pytest.approx({"face_detector": 0}, abs=1e-3)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import threading
+import time
 import types
 from dataclasses import asdict
 from pathlib import Path
@@ -120,6 +122,30 @@ def test_miss_builds_then_hit_reuses(tmp_path: Path, onnx_file: Path) -> None:
     assert (decision, build.calls, path.read_bytes()) == ("miss", 1, b"plan 1")
     path2, decision = ensure_engine(expected, tmp_path / "cache", build)
     assert (path2, decision, build.calls) == (path, "hit", 1)
+
+
+def test_two_threads_wanting_one_engine_build_it_once(tmp_path: Path, onnx_file: Path) -> None:
+    """Remote peers starting at once on TensorRT: the second waits for the first's plan."""
+    expected = expected_record(onnx_file, H100, "fp16")
+    build = Builds()
+
+    def slow_build() -> bytes:
+        time.sleep(0.3)
+        return build()
+
+    decisions: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda: decisions.append(ensure_engine(expected, tmp_path, slow_build)[1])
+        )
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert build.calls == 1 and sorted(decisions) == ["hit", "miss"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_sidecar_says_what_the_plan_was_built_from_and_for(tmp_path: Path, onnx_file: Path) -> None:

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from daemon.config import MediaPipeTrackingConfig
-from engines.landmark_nets import NETWORKS, load_networks
+from engines.landmark_nets import INPUT_NAME, NETWORKS, load_networks
 from engines.landmark_path import TorchLandmarkDetector
-from engines.onnx_export import INPUT_NAME
 from engines.trt_landmarks import EngineModule, engine_batches
 
 
