@@ -119,8 +119,10 @@ def ssd_anchors(device: torch.device | str = "cpu") -> torch.Tensor:
 
 @dataclass(frozen=True, slots=True)
 class Detections:
-    """Faces found by the detector: boxes (K, 4) as x0, y0, x1, y1 and keypoints (K, 6, 2),
-    in whatever frame they were last mapped to; scores (K,) after the sigmoid."""
+    """Detector rows: boxes (K, 4) as x0, y0, x1, y1 and keypoints (K, 6, 2), in whatever
+    frame they were last mapped to; scores (K,) after the sigmoid, -1 for a row that holds
+    no face. Rows are never dropped on the device: that would need their count on the host
+    (a sync on CUDA); empty rows are carried along and ignored."""
 
     boxes: torch.Tensor
     keypoints: torch.Tensor
@@ -129,12 +131,13 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
-    def select(self, mask_or_index: torch.Tensor) -> Detections:
-        if mask_or_index.dtype == torch.bool:  # one nonzero (a host sync on CUDA), not three
-            mask_or_index = torch.nonzero(mask_or_index).squeeze(1)
-        return Detections(
-            self.boxes[mask_or_index], self.keypoints[mask_or_index], self.scores[mask_or_index]
-        )
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.scores >= 0
+
+    def select(self, index: torch.Tensor) -> Detections:
+        """The rows at `index` (integers: a boolean mask would sync the host on CUDA)."""
+        return Detections(self.boxes[index], self.keypoints[index], self.scores[index])
 
     def scaled(self, scale: float, offset: torch.Tensor) -> Detections:
         """Mapped by p → p · scale + offset (offset: (2,))."""
@@ -146,11 +149,11 @@ class Detections:
 def decode_detections(
     regressors: torch.Tensor, classificators: torch.Tensor, anchors: torch.Tensor, min_score: float
 ) -> Detections:
-    """One image's raw SSD outputs ((896, 16), (896, 1)) as detections above `min_score`,
-    coordinates as fractions of the detector input."""
+    """One image's raw SSD outputs ((896, 16), (896, 1)) as 896 detector rows, those under
+    `min_score` empty (score -1), coordinates as fractions of the detector input."""
     scores = torch.sigmoid(classificators[:, 0].clamp(-SCORE_CLIP, SCORE_CLIP))
-    keep = torch.nonzero(scores >= min_score).squeeze(1)  # the one host sync here (CUDA)
-    raw, anchor, scores = regressors[keep], anchors[keep], scores[keep]
+    scores = torch.where(scores >= min_score, scores, -1.0)
+    raw, anchor = regressors, anchors
     center = raw[:, 0:2] / DETECTOR_SCALE + anchor
     half = raw[:, 2:4] / DETECTOR_SCALE / 2
     boxes = torch.cat([center - half, center + half], 1)
@@ -173,17 +176,16 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def weighted_nms(detections: Detections, iou_threshold: float, max_faces: int) -> Detections:
     """MediaPipe's weighted non-maximum suppression: the best remaining detection takes
     the score-weighted mean box and keypoints of everything overlapping it by more than
-    `iou_threshold` (itself included) and keeps its own score."""
+    `iou_threshold` (itself included) and keeps its own score. Always `max_faces` rows, the
+    best first; rows past the faces found are empty."""
     count = len(detections)
-    if count == 0:
-        return detections
     order = torch.argsort(detections.scores, descending=True)
     detections = detections.select(order)
     iou = box_iou(detections.boxes, detections.boxes)
-    remaining = torch.ones(count, dtype=torch.bool, device=detections.scores.device)
+    remaining = detections.valid
     positions = torch.arange(count, device=detections.scores.device)
     boxes, keypoints, scores = [], [], []
-    for _ in range(min(max_faces, count)):
+    for _ in range(max_faces):
         # sorted by score: the first remaining one is the best; none left gives index 0
         # of an all-false mask, caught by `alive` below without a device sync per step.
         # `best` is a 1-element tensor, not a 0-d one: indexing with a 0-d tensor calls
@@ -198,8 +200,7 @@ def weighted_nms(detections: Detections, iou_threshold: float, max_faces: int) -
         keypoints.append((weights[:, None, None] * detections.keypoints).sum(0) / total)
         scores.append(torch.where(alive, detections.scores[best], -1.0))
         remaining = remaining & ~cluster
-    merged = Detections(torch.stack(boxes), torch.stack(keypoints), torch.cat(scores))
-    return merged.select(merged.scores >= 0)
+    return Detections(torch.stack(boxes), torch.stack(keypoints), torch.cat(scores))
 
 
 def rois_from_boxes(
@@ -376,22 +377,26 @@ class TorchFaceMesh:
         origin = letterbox[0, :2] - side / 2
         return found.scaled(side, origin)
 
-    def face_rois(self, image: torch.Tensor) -> torch.Tensor:
-        """ROIs to run the mesh on: the tracked faces, plus detected ones (not overlapping a
-        tracked face) while fewer than max_faces are tracked."""
+    def face_rois(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ROIs to run the face model on, and which of them hold a face: the tracked faces,
+        plus, while fewer than max_faces are tracked, the best detections that overlap no
+        tracked face, up to max_faces rows in all (empty detector rows included: the
+        number of rows never depends on the image, so nothing here waits for the GPU)."""
         tracked = self._tracked
         if tracked is not None and len(tracked) >= self.max_faces:
-            return tracked
+            return tracked, torch.ones_like(tracked[:, 0], dtype=torch.bool)
         found = self.detect_faces(image)
         start, end = DETECTION_ROTATION_KEYPOINTS
         detected = rois_from_boxes(
             found.boxes, found.keypoints[:, start], found.keypoints[:, end], FACE_ROI_SCALE
         )
         if tracked is None or len(tracked) == 0:
-            return detected
+            return detected, found.valid
         overlap = box_iou(_axis_aligned(detected), _axis_aligned(tracked))
-        fresh = (overlap <= ASSOCIATION_IOU).all(1)
-        return torch.cat([detected[fresh], tracked])
+        fresh = torch.where(found.valid & (overlap <= ASSOCIATION_IOU).all(1), found.scores, -1.0)
+        best = torch.topk(fresh, self.max_faces - len(tracked)).indices  # best first
+        rois = torch.cat([tracked, detected[best]])
+        return rois, torch.cat([torch.ones_like(tracked[:, 0], dtype=torch.bool), fresh[best] >= 0])
 
     @torch.inference_mode()
     def mesh(self, image: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -462,18 +467,15 @@ class TorchFaceMesh:
     def track_all(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The face model on every ROI of a (1, 3, H, W) 0..255 float frame: points in
         pixels ((K, 468, 3) for the classic mesh, before the iris model; (K, 478, 3) for the
-        attention mesh) and (K,) face scores, all left on the device. The next frame's ROIs
-        come from these points (as MediaPipe does), lost faces included until `keep` hears
-        which were found: no host sync here on a tracking frame."""
-        rois = self.face_rois(image)
-        points = MESH_POINTS if self.mesh_model == "iris" else ALL_POINTS
-        if len(rois) == 0:  # a shape, known on the host
-            self._tracked = None
-            return image.new_zeros((0, points, 3)), image.new_zeros((0,))
+        attention mesh) and (K,) face scores (0 for a row that held no face), all left on
+        the device: nothing here waits for the GPU. The next frame's ROIs come from these
+        points (as MediaPipe does), lost faces included until `keep` hears which were
+        found."""
+        rois, holds_face = self.face_rois(image)
         mesh, scores = self.mesh(image, rois)
         start, end = FACE_ROTATION_POINTS
         self._tracked = rois_from_points(mesh, start, end, FACE_ROI_SCALE)
-        return mesh, scores
+        return mesh, torch.where(holds_face, scores, 0.0)
 
     def keep(self, found: np.ndarray) -> None:
         """Track on only the faces of the last frame that `found` (host booleans, one per
@@ -483,8 +485,7 @@ class TorchFaceMesh:
         if not found.any():
             self._tracked = None
             return
-        index = torch.from_numpy(np.flatnonzero(found)).to(self._tracked.device)
-        self._tracked = self._tracked[index]  # a rare upload: some faces of several lost
+        self._tracked = self._tracked[upload(np.flatnonzero(found), self._tracked.device)]
 
     def found(self, scores: np.ndarray) -> np.ndarray:
         """Which face scores (read back to the host) count as a face."""
@@ -502,12 +503,10 @@ class TorchFaceMesh:
     def process_all(self, image_rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every tracked or detected face in a uint8 (H, W, 3) RGB frame on the device:
         (K, 478, 3) float32 points, pixels of that frame (z scaled like x), and (K,) scores
-        (see `found`); the caller reads both back and calls `keep`. No host sync on a
-        tracking frame of the attention mesh."""
+        (see `found`); the caller reads both back and calls `keep`. Nothing here waits for
+        the GPU, on a tracking frame or a detecting one."""
         image = to_float_image(image_rgb)
         mesh, scores = self.track_all(image)
-        if len(mesh) == 0:
-            return image.new_zeros((0, ALL_POINTS, 3)), scores
         if self.mesh_model == "iris":
             mesh = self.irises(image, mesh)
         return mesh, scores
@@ -593,20 +592,27 @@ class TorchLandmarkDetector:
 
     def detect(self, image: np.ndarray, t_capture: float, index: int) -> Landmarks | None:
         """The followed face in a BGR uint8 frame, or None."""
-        bgr = upload(image, self.device)  # async through pinned memory on CUDA
-        return self.detect_tensor(bgr.flip(-1), t_capture, index)
-
-    def detect_tensor(
-        self, image_rgb: torch.Tensor, t_capture: float, index: int
-    ) -> Landmarks | None:
-        """The followed face in a uint8 (H, W, 3) RGB frame already on the device."""
         self._redetect_when_due(t_capture)
-        height, width = image_rgb.shape[:2]
-        small = downscaled(image_rgb, self.MAX_WIDTH)
+        packed = self.frame_on_device(image).cpu().numpy()  # the frame's one readback
+        return self._followed_face(packed, image.shape[1], image.shape[0], t_capture, index)
+
+    def frame_on_device(self, image: np.ndarray) -> torch.Tensor:
+        """A BGR uint8 frame's device work, none of it waiting for the GPU: the upload
+        (async, through pinned memory), the face models, and the result packed for one
+        readback: (K, 478·3 + 1) float32, each row a face's points in frame pixels and its
+        score."""
+        rgb = upload(image, self.device).flip(-1)
+        height, width = rgb.shape[:2]
+        small = downscaled(rgb, self.MAX_WIDTH)
         faces, scores = self.pipeline.process_all(small)
         scaled = _scale_points(faces, width / small.shape[1], height / small.shape[0])
-        # the one readback of a tracking frame: points and scores together
-        packed = torch.cat([scaled.flatten(1), scores[:, None]], 1).cpu().numpy()
+        return torch.cat([scaled.flatten(1), scores[:, None]], 1)
+
+    def _followed_face(
+        self, packed: np.ndarray, width: int, height: int, t_capture: float, index: int
+    ) -> Landmarks | None:
+        """From the read-back rows: drop the lost faces (here and in the tracker) and pick
+        the one to follow."""
         found = self.pipeline.found(packed[:, -1])
         self.pipeline.keep(found)
         arrays = [p.reshape(ALL_POINTS, 3).astype(np.float32) for p in packed[found, :-1]]

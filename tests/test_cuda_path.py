@@ -17,6 +17,7 @@ from daemon.avatar_prep import prepare_avatar
 from daemon.config import MediaPipeTrackingConfig, MeshGeneratorConfig
 from daemon.landmarks import MediaPipeLandmarks
 from daemon.motion import Motion
+from engines.graphed_networks import graphed_networks
 from engines.landmark_nets import NETWORKS, TFLiteNet, example_input, load_networks
 from engines.landmark_path import (
     TorchFaceMesh,
@@ -51,8 +52,8 @@ def _face_crops(cpu_networks: dict[str, TFLiteNet], images: list[np.ndarray]) ->
     for bgr in images:
         image = to_float_image(torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
         pipeline.reset()
-        rois = pipeline.face_rois(image)
-        assert len(rois) >= 1, "no face found in a test image"
+        rois, holds_face = pipeline.face_rois(image)
+        assert bool(holds_face[0]), "no face found in a test image"
         crops.append(crop_rois(image, rois[:1], 192, (0.0, 1.0), False))
     return torch.cat(crops)
 
@@ -151,15 +152,20 @@ def no_host_sync() -> Iterator[None]:
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_a_tracking_frame_runs_without_a_host_sync(networks, other_face):
-    """Upload to readback, a frame of a tracked face waits for the GPU only when its
-    points are read back."""
-    detector = TorchLandmarkDetector(MediaPipeTrackingConfig(), networks=networks["cuda"])
-    assert detector.detect(other_face, 0.0, 0) is not None  # detects: tracking from here
-    rgb = torch.from_numpy(cv2.cvtColor(other_face, cv2.COLOR_BGR2RGB)).cuda()
+@pytest.mark.parametrize("max_faces", [1, 3])
+def test_a_frame_runs_without_a_host_sync_until_its_readback(networks, other_face, max_faces):
+    """The daemon's `engines: cuda` tracker, upload to packed result, waits for the GPU
+    only for the readback: with max_faces 1 a tracking frame; with 3 (the default) and one
+    face in view, every frame also runs the detector, as MediaPipe does."""
+    config = MediaPipeTrackingConfig(max_faces=max_faces)
+    detector = TorchLandmarkDetector(config, networks=graphed_networks(max_faces))
+    for index in range(2):  # first use: graph captures, the letterbox's upload
+        assert detector.detect(other_face, index / 30, index) is not None
     with no_host_sync():
-        points, scores = detector.pipeline.process_all(rgb)
-    assert points.shape == (1, 478, 3) and float(scores[0]) > 0.5
+        packed = detector.frame_on_device(other_face)
+    assert packed.shape == (max_faces, 478 * 3 + 1)
+    scores = packed[:, -1].cpu()
+    assert float(scores[0]) > 0.5 and (scores[1:] < 0.5).all()
 
 
 def test_the_generator_renders_without_a_host_sync():

@@ -63,8 +63,8 @@ def _network_inputs(
         box = torch.tensor([[width / 2, height / 2, side, side, 0.0]])
         detector.append(crop_rois(image, box, 128, NETWORKS["face_detector"].input_range, True))
         pipeline.reset()
-        rois = pipeline.face_rois(image)
-        assert len(rois) >= 1, "the detector found no face in a test image"
+        rois, holds_face = pipeline.face_rois(image)
+        assert bool(holds_face[0]), "the detector found no face in a test image"
         faces.append(crop_rois(image, rois[:1], 192, (0.0, 1.0), False))
         mesh, _ = pipeline.mesh(image, rois[:1])
         for corners, flip in ((RIGHT_EYE_CORNERS, False), (LEFT_EYE_CORNERS, True)):

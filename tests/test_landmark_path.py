@@ -40,10 +40,12 @@ from engines.landmark_path import (
 CLIPS = SHARED_DATA / "driving"
 CLIP_FRAMES = 30
 CLASSIC_MAX_PX = 0.15  # same networks, same pipeline: float rounding only
-# The attention path vs the CPU backend, same networks: measured 0.01-0.04 px mean (worst
-# point 0.12 px) on the images and dev clips; the issue's bound is 1.5 px.
+# The attention path vs the CPU backend, same networks: measured 0.01-0.07 px mean on the
+# images and dev clips; the issue's bound is 1.5 px. Single points of single frames stray
+# further (measured up to 0.97 px): tracking feeds each frame's points into the next crop,
+# so float rounding (a 0.002 px difference on a detection frame) grows along a clip.
 BACKEND_MAX_PX = 0.25
-BACKEND_WORST_POINT_PX = 1.0
+BACKEND_WORST_POINT_PX = 2.0
 IRIS_PATH_MAX_FRACTION = 0.012  # the classic path vs the backend: of the face's diagonal
 MOTION_CLIPS = ("talk_blinks_a.mp4", "talk_head_turns.mp4")
 MOTION_FRAMES = 90
@@ -298,14 +300,18 @@ def test_anchors_follow_the_short_range_layout():
 
 
 def test_weighted_nms_blends_overlaps_and_keeps_separate_faces():
+    """Always max_faces rows, best first, the rows past the faces found empty (score -1);
+    an empty input row (under the detector's threshold) takes no part."""
     boxes = torch.tensor(
-        [[0.0, 0.0, 1.0, 1.0], [0.1, 0.0, 1.1, 1.0], [5.0, 5.0, 6.0, 6.0], [5.0, 5.1, 6.0, 6.1]]
-    )
+        [[0.0, 0.0, 1.0, 1.0], [0.1, 0.0, 1.1, 1.0], [5.0, 5.0, 6.0, 6.0], [5.0, 5.1, 6.0, 6.1],
+         [0.0, 0.2, 1.0, 1.2]]
+    )  # fmt: skip
     keypoints = boxes[:, None, :2].repeat(1, 6, 1)
-    scores = torch.tensor([0.9, 0.6, 0.7, 0.8])
+    scores = torch.tensor([0.9, 0.6, 0.7, 0.8, -1.0])
     merged = weighted_nms(Detections(boxes, keypoints, scores), 0.3, max_faces=5)
-    assert len(merged) == 2
-    np.testing.assert_allclose(merged.scores.numpy(), [0.9, 0.8])  # the best keeps its score
+    assert len(merged) == 5
+    np.testing.assert_allclose(merged.scores.numpy(), [0.9, 0.8, -1, -1, -1])  # best keep theirs
+    assert merged.valid.tolist() == [True, True, False, False, False]
     np.testing.assert_allclose(merged.boxes[0, 0].item(), 0.1 * 0.6 / 1.5, atol=1e-6)
     np.testing.assert_allclose(merged.boxes[1, 1].item(), 5.0 + 0.1 * 0.8 / 1.5, atol=1e-6)
     np.testing.assert_allclose(merged.keypoints[0, :, 0].numpy(), 0.04, atol=1e-6)
