@@ -600,7 +600,7 @@ class TorchLandmarkDetector:
         """A BGR uint8 frame's device work, none of it waiting for the GPU: the upload
         (async, through pinned memory), the face models, and the result packed for one
         readback: (K, 478·3 + 1) float32, each row a face's points in frame pixels and its
-        score."""
+        score. The tracker then needs to hear which rows held faces (see `detect`)."""
         rgb = upload(image, self.device).flip(-1)
         height, width = rgb.shape[:2]
         small = downscaled(rgb, self.MAX_WIDTH)

@@ -265,6 +265,18 @@ def test_of_two_tracked_faces_the_lost_one_is_dropped(networks, other_face):
     detector.close()
 
 
+def test_the_device_work_has_the_same_shape_face_or_none(networks, other_face):
+    """What lets a frame run without waiting for the GPU: no shape depends on the image
+    (max_faces rows whether a face is there or not, empty ones scored 0)."""
+    detector = TorchLandmarkDetector(MediaPipeTrackingConfig(max_faces=3), networks=networks)
+    gray = np.full_like(other_face, 128)
+    empty = detector.frame_on_device(gray)
+    detector.reset()  # as reading `empty` back would have: it found nobody to track
+    face = detector.frame_on_device(other_face)
+    assert empty.shape == face.shape == (3, 478 * 3 + 1)
+    assert (empty[:, -1] == 0).all() and float(face[0, -1]) > 0.5 and (face[1:, -1] == 0).all()
+
+
 def test_wide_frames_are_scaled_down_and_back(networks, other_face):
     """A 1280-wide frame is tracked at 640 like the CPU backend; points come back at 1280."""
     detector = TorchLandmarkDetector(MediaPipeTrackingConfig(), networks=networks)
