@@ -511,15 +511,6 @@ class TorchFaceMesh:
             mesh = self.irises(image, mesh)
         return mesh, scores
 
-    @torch.inference_mode()
-    def process(self, image_rgb: torch.Tensor) -> torch.Tensor:
-        """The faces found in a uint8 (H, W, 3) RGB frame on the device: (K, 478, 3)
-        float32 points (K = 0 when there is none), the lost ones dropped (a host sync)."""
-        points, scores = self.process_all(image_rgb)
-        found = self.found(scores.cpu().numpy())
-        self.keep(found)
-        return points[torch.from_numpy(np.flatnonzero(found)).to(points.device)]
-
 
 def exact_fp32_convolutions() -> None:
     """cuDNN runs fp32 convolutions as TF32 by default on Ampere and later GPUs: a 10-bit
@@ -623,14 +614,6 @@ class TorchLandmarkDetector:
         landmarks = Landmarks(arrays[chosen], width, height, t_capture, index, len(arrays))
         self._previous = landmarks
         return landmarks
-
-    def points_tensor(self, image_rgb: torch.Tensor) -> torch.Tensor:
-        """The lower-level path for the GPU pipeline: all tracked faces of a uint8 RGB frame
-        on the device, (K, 478, 3) pixel-scaled points on the device, no face choice."""
-        height, width = image_rgb.shape[:2]
-        small = downscaled(image_rgb, self.MAX_WIDTH)
-        faces = self.pipeline.process(small)
-        return _scale_points(faces, width / small.shape[1], height / small.shape[0])
 
     def _redetect_when_due(self, t_capture: float) -> None:
         redetect_s = self.config.redetect_s

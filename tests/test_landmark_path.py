@@ -291,14 +291,14 @@ def test_wide_frames_are_scaled_down_and_back(networks, other_face):
     assert distance < 0.5, f"1280 px frame vs 640 px frame: {distance:.3f} px apart at 640"
 
 
-def test_points_tensor_is_the_same_path_on_the_device(networks, other_face):
+def test_the_device_work_holds_what_detect_returns(networks, other_face):
     detector = TorchLandmarkDetector(MediaPipeTrackingConfig(), networks=networks)
     landmarks = detector.detect(other_face, 0.0, 0)
     detector.reset()
-    rgb = torch.from_numpy(cv2.cvtColor(other_face, cv2.COLOR_BGR2RGB))
-    faces = detector.points_tensor(rgb)
-    assert faces.shape == (1, 478, 3) and faces.device == rgb.device
-    assert np.abs(faces[0].numpy() - landmarks.points).max() < 1e-3
+    packed = detector.frame_on_device(other_face)
+    assert packed.device == detector.device
+    points = packed[0, :-1].reshape(478, 3).numpy()
+    assert np.abs(points - landmarks.points).max() < 1e-3
 
 
 def test_anchors_follow_the_short_range_layout():
