@@ -497,7 +497,7 @@ class TorchFaceMesh:
         mesh, scores = self.track_all(image)
         found = self.found(scores.cpu().numpy())
         self.keep(found)
-        return mesh[torch.from_numpy(np.flatnonzero(found)).to(mesh.device)]
+        return mesh[upload(np.flatnonzero(found), mesh.device)]
 
     @torch.inference_mode()
     def process_all(self, image_rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

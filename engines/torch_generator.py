@@ -36,7 +36,6 @@ from engines.torch_warp import (
     affine_maps,
     affine_sample,
     blend,
-    candidate_count,
     fixed_corners,
     grow_ids,
     paint_over,
@@ -145,14 +144,12 @@ class TorchMeshGenerator(MeshGenerator):
         table = np.empty((6, len(triangles) + 1), np.float32)
         table[:, 1:] = affines.reshape(-1, 6).T
         table[:, 0] = (0, 0, -1, 0, 0, -1)  # no triangle: outside the source
-        corners = fixed_corners(grid[triangles])
-        height, width = -(-roi.height // scale), -(-roi.width // scale)
         ids = rasterize_ids(
-            upload(corners, self.device),
-            upload(order, self.device),
-            height,
-            width,
-            candidate_count(corners[order], height, width),
+            fixed_corners(grid[triangles]),
+            order,
+            -(-roi.height // scale),
+            -(-roi.width // scale),
+            self.device,
         )
         origin = (roi.x0 + 0.5 * scale - 0.5, roi.y0 + 0.5 * scale - 0.5)
         map_x, map_y = affine_maps(grow_ids(ids), upload(table, self.device), origin, scale)

@@ -63,36 +63,29 @@ def fixed_corners(points: np.ndarray) -> np.ndarray:
     return np.round(points * SUBPIXEL).astype(np.int64)
 
 
-def candidate_count(corners: np.ndarray, height: int, width: int) -> int:
-    """How many candidates _candidate_pixels gives for these fixed-point (T, 3, 2) corners,
-    worked out on the host, where the caller has them: told to repeat_interleave, the
-    rasteriser needs no host sync."""
+def candidate_boxes(corners: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Each fixed-point (T, 3, 2) triangle's bounding box in whole pixels, rounded as
+    fillConvexPoly rounds it and clipped to the image: (T, 4) as x0, y0, columns, rows
+    (no rows or columns for a triangle outside). Worked out on the host, where the corners
+    are: the number of candidate pixels is then known there, and nothing waits for the GPU."""
     half = SUBPIXEL_ONE // 2
     low = np.maximum((corners.min(1) + half) >> SUBPIXEL_BITS, 0)
     high = np.minimum((corners.max(1) + half) >> SUBPIXEL_BITS, (width - 1, height - 1))
-    spans = np.maximum(high - low + 1, 0)
-    return int((spans[:, 0] * spans[:, 1]).sum())
+    return np.concatenate([low, np.maximum(high - low + 1, 0)], 1)
 
 
 def _candidate_pixels(
-    corners: torch.Tensor, height: int, width: int, candidates: int | None = None
+    boxes: torch.Tensor, candidates: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every (triangle, x, y) whose pixel lies in the triangle's bounding box (rounded as
-    fillConvexPoly rounds it), clipped to the image: the candidates for the edge test.
-    `candidates` is their number if the caller knows it (candidate_count); if not, finding
-    it is a host sync on CUDA."""
-    half = SUBPIXEL_ONE // 2
-    low = (corners.min(1).values + half) >> SUBPIXEL_BITS  # (K, 2) whole pixels
-    high = (corners.max(1).values + half) >> SUBPIXEL_BITS
-    low = low.clamp(min=0)
-    high = torch.stack([high[:, 0].clamp(max=width - 1), high[:, 1].clamp(max=height - 1)], 1)
-    spans = (high - low + 1).clamp(min=0)
+    """Every (triangle, x, y) whose pixel lies in the triangle's box (candidate_boxes; their
+    `candidates` pixels in all): the candidates for the edge test."""
+    low, spans = boxes[:, :2], boxes[:, 2:]
     counts = spans[:, 0] * spans[:, 1]
     triangle = torch.repeat_interleave(
-        torch.arange(len(corners), device=corners.device), counts, output_size=candidates
+        torch.arange(len(boxes), device=boxes.device), counts, output_size=candidates
     )
     starts = torch.cumsum(counts, 0) - counts
-    local = torch.arange(len(triangle), device=corners.device) - starts[triangle]
+    local = torch.arange(len(triangle), device=boxes.device) - starts[triangle]
     box_width = spans[triangle, 0]
     xs = low[triangle, 0] + local % box_width
     ys = low[triangle, 1] + torch.div(local, box_width, rounding_mode="floor")
@@ -249,29 +242,32 @@ def _painted(
 
 
 def rasterize_ids(
-    corners: torch.Tensor,
-    order: torch.Tensor,
+    corners: np.ndarray,
+    order: np.ndarray,
     height: int,
     width: int,
-    candidates: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """A (height, width) int64 image holding 1 + the index of the triangle drawn last at each
-    pixel (0: none), triangles drawn in `order` (far first), like daemon.warp.rasterize_ids.
+    """A (height, width) int64 image on `device` holding 1 + the index of the triangle drawn
+    last at each pixel (0: none), triangles drawn in `order` (far first), like
+    daemon.warp.rasterize_ids.
 
     `corners` (T, 3, 2) are int64 pixel positions in 1/16 px (see fixed_corners). Each triangle
     proposes the pixels of its bounding box; an edge test keeps its own, and a scatter-max of
     the drawing rank leaves the last-drawn one: painter's order without a loop.
-    `candidates`: candidate_count of corners[order], if the caller has it on the host.
     """
     drawn = corners[order]
-    triangle, xs, ys = _candidate_pixels(drawn, height, width, candidates)
-    keep = _painted(drawn, triangle, xs, ys, height, width)
+    boxes = candidate_boxes(drawn, height, width)
+    candidates = int((boxes[:, 2] * boxes[:, 3]).sum())
+    drawn_t, boxes_t, order_t = (upload(a, device) for a in (drawn, boxes, order))
+    triangle, xs, ys = _candidate_pixels(boxes_t, candidates)
+    keep = _painted(drawn_t, triangle, xs, ys, height, width)
     # candidates lie inside the image: the ones not kept scatter rank 0, which changes
     # nothing under amax (no boolean compaction, so no host sync on CUDA)
-    rank = torch.zeros(height * width, dtype=torch.long, device=corners.device)
+    rank = torch.zeros(height * width, dtype=torch.long, device=drawn_t.device)
     drawn_rank = torch.where(keep, triangle + 1, 0)
     rank.scatter_reduce_(0, ys * width + xs, drawn_rank, reduce="amax", include_self=True)
-    lookup = torch.cat([order.new_zeros(1), order + 1])
+    lookup = torch.cat([order_t.new_zeros(1), order_t + 1])
     return lookup[rank].view(height, width)
 
 
