@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 UNIT_DIR := $(HOME)/.config/systemd/user
 CONFIG_DIR := $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/talking-head-cam
 SYSTEMCTL ?= systemctl
+# The team's tools (eval, bench, soak) and the test support live in tests/, apart from the product.
+TOOLS := PYTHONPATH=tests $(BIN)/python
 
 .PHONY: install demo run test soak bench bench-webrtc eval lint config install-service uninstall-service clean
 
@@ -37,12 +39,12 @@ e2e: install
 # 20 min on 2 cores) → reports/soak.md with plots; exits 1 when unhealthy. The short form
 # runs in `make test`. MALLOC_ARENA_MAX as the systemd units set it. Options: --help
 soak: install
-	MALLOC_ARENA_MAX=2 $(BIN)/python -m daemon.soak --frames 100000 --out reports
+	MALLOC_ARENA_MAX=2 $(TOOLS) -m thc_tools.soak --frames 100000 --out reports
 
 # Per-stage latency, loop fps and CPU use (default and 1 OpenCV thread), the daemon paced at
-# the output rate, our warp vs scikit-image's; about 30 s. Options: talking-head-cam bench --help
+# the output rate, our warp vs scikit-image's; about 30 s. Options: python -m thc_tools bench --help
 bench: install
-	$(BIN)/talking-head-cam --config config.yaml bench
+	$(TOOLS) -m thc_tools --config config.yaml bench
 
 # The GPU path's networks: ONNX export (checked with onnxruntime against torch) into the
 # engine cache, then TensorRT engines where TensorRT and an NVIDIA GPU are present.
@@ -69,11 +71,14 @@ bench-webrtc: install
 # Dev clips × a few avatars → reports/eval.md + plots (skips when ../shared/data is absent).
 DATA ?= ../shared/data
 eval: install
-	$(BIN)/python -m daemon.evaluate --config config.yaml --data $(DATA) --out reports
+	$(TOOLS) -m thc_tools.evaluate --config config.yaml --data $(DATA) --out reports
 
+# ruff, and the import contracts of pyproject.toml (the layers, no cycles; tests/test_architecture.py
+# runs them in `make test` too).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	PYTHONPATH=tests $(BIN)/lint-imports
 
 # Regenerate config.yaml from the config model (tests fail when they disagree).
 config: install

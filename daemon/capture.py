@@ -19,14 +19,15 @@ from typing import Literal, Protocol
 import cv2
 import numpy as np
 
-from daemon.config import DEFAULT_LABEL, FAULT_PREFIX, IMAGE_SUFFIXES, CaptureConfig
+from daemon import test_support
+from daemon.config import DEFAULT_LABEL, IMAGE_SUFFIXES, CaptureConfig
 from daemon.errors import CaptureError, DeviceError, TalkingHeadCamError
 from daemon.frames import CapturedFrame
 from daemon.v4l2 import SYSFS_ROOT, can_capture, list_video_devices
 
 log = logging.getLogger(__name__)
 
-SourceKind = Literal["camera", "video", "image", "fault"]
+SourceKind = Literal["camera", "video", "image", "test"]
 CaptureState = Literal["starting", "streaming", "stalled", "missing", "lost", "ended", "stopped"]
 _FIRST_RETRY_S = 0.5
 STALL_S = 1.0  # no new frame for this long: the source counts as stalled (Pipeline.STALE_S)
@@ -40,8 +41,6 @@ class SourceSpec:
     target: int | str
 
     def __str__(self) -> str:
-        if self.kind == "fault":
-            return f"{FAULT_PREFIX}{self.target}"
         return (
             str(self.target)
             if self.kind != "camera" or isinstance(self.target, str)
@@ -52,8 +51,9 @@ class SourceSpec:
 def classify_source(source: int | str) -> SourceSpec:
     if isinstance(source, int) or source == "auto" or source.startswith("/dev/"):
         return SourceSpec("camera", source)
-    if source.startswith(FAULT_PREFIX):  # test support only, see daemon/faults.py
-        return SourceSpec("fault", source.removeprefix(FAULT_PREFIX))
+    support = test_support.loaded()
+    if support is not None and support.claims_source(source):
+        return SourceSpec("test", source)
     kind: SourceKind = "image" if source.lower().endswith(IMAGE_SUFFIXES) else "video"
     return SourceSpec(kind, source)
 
@@ -180,10 +180,10 @@ def open_reader(
         return VideoFileReader(str(spec.target))
     if spec.kind == "image":
         return ImageReader(str(spec.target))
-    if spec.kind == "fault":
-        from daemon.faults import FaultInjectingReader
-
-        return FaultInjectingReader(str(spec.target))
+    if spec.kind == "test":
+        support = test_support.loaded()
+        assert support is not None, "a test source without the test support"
+        return support.open_source(str(spec.target))
     target = resolve_auto_camera(own_labels, sysfs_root) if spec.target == "auto" else spec.target
     return CameraReader(target, config)
 

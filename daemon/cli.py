@@ -1,4 +1,4 @@
-"""`talking-head-cam`: run | status | render | eval | demo | calibrate | avatar | doctor | ...
+"""`talking-head-cam`: run | status | render | demo | calibrate | avatar | doctor | ...
 
 Exit codes: 0 fine, 1 a runtime problem (message on stderr), 2 a config or usage error
 (systemd's RestartPreventExitStatus=2 keeps a hopeless config from restart-looping).
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from daemon import test_support
 from daemon.config import (
     Config,
     connect_host,
@@ -42,14 +43,14 @@ def setup_logging(level: str = "info") -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _load(config_arg: str | None) -> Config:
+def load_config_arg(config_arg: str | None) -> Config:
     return load_config(find_config_path(config_arg))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from daemon.service import Daemon
 
-    config = _load(args.config)
+    config = load_config_arg(args.config)
     setup_logging(config.log_level)
     code = Daemon(config, args.config).run()
     # Everything is closed by now: skip the interpreter's teardown (native graphs' destructors
@@ -70,16 +71,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from daemon.render import render_video
 
-    config = _override(_load(args.config), args)
+    config = override_output(load_config_arg(args.config), args)
     print(render_video(config, args.driver, Path(args.out), args.neutral_frame))
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from daemon.evaluate import evaluate
-
-    result = evaluate(_override(_load(args.config), args), args.driver)
-    print(json.dumps(result.as_dict()) if args.json else result.format_table())
     return 0
 
 
@@ -87,8 +80,8 @@ def cmd_avatar_prepare(args: argparse.Namespace) -> int:
     """Prepare an avatar (landmarks, person mask, background plate) and draw what was found."""
     import cv2
 
-    from daemon.avatar_prep import overlay, prepare_avatar
-    from daemon.mesh import build_mesh
+    from engines.generator.avatar_prep import overlay, prepare_avatar
+    from engines.generator.mesh import build_mesh
 
     prepared = prepare_avatar(args.image)
     height, width = prepared.image.shape[:2]
@@ -114,7 +107,7 @@ class WebClient:
     config (web.token)."""
 
     def __init__(self, config_arg: str | None, timeout_s: float = 60.0):
-        config = _load(config_arg)
+        config = load_config_arg(config_arg)
         self.token, self.timeout_s = config.web.token, timeout_s
         self.url = _live_web_url(runtime_file_path(".web.json"))
         if self.url is None:
@@ -249,7 +242,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from daemon.render import render_demo, render_video
 
-    config = _override(_load(args.config), args)
+    config = override_output(load_config_arg(args.config), args)
     out = Path(args.out)
     result = (
         render_video(config, args.driver, out, side_by_side=True)
@@ -264,7 +257,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from daemon.doctor import run_checks
     from daemon.v4l2 import SYSFS_ROOT
 
-    checks = run_checks(args.config, Path(args.sysfs) if args.sysfs else SYSFS_ROOT)
+    support = test_support.loaded()  # the tests' fake /sys, only with the test support on
+    sysfs = support.sysfs_root if support is not None and support.sysfs_root else SYSFS_ROOT
+    checks = run_checks(args.config, sysfs)
     for check in checks:
         print(check.format())
     failed = [c.name for c in checks if c.status == "fail"]
@@ -272,31 +267,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from daemon.bench import run_bench
-
-    config = _load(args.config)
-    result = run_bench(
-        config,
-        args.frames,
-        paced_s=args.paced_s,
-        warp_runs=args.warp_runs,
-        skimage_runs=args.skimage_runs,
-        engine_frames=args.engine_frames,
-    )
-    print(result.report(config))
-    return 0
-
-
 def cmd_engines(args: argparse.Namespace) -> int:
     """Export the landmark networks to ONNX, check them with onnxruntime against torch, and
     build the TensorRT engines where TensorRT and a GPU are there (`make engines`)."""
     from daemon.errors import EngineUnavailable
-    from engines.onnx_export import check_onnx, export_onnx
-    from engines.select import choose_engines
-    from engines.tensorrt_runtime import engine_cache_dir
+    from engines.landmarks.onnx_export import check_onnx, export_onnx
+    from engines.runtime.select import choose_engines
+    from engines.runtime.tensorrt_runtime import engine_cache_dir
 
-    config = _load(args.config)
+    config = load_config_arg(args.config)
     cache = Path(args.out) if args.out else engine_cache_dir(config.engine_cache_dir)
     paths = export_onnx(cache / "onnx", progress=True)
     for name, diff in check_onnx(cache / "onnx").items():
@@ -307,7 +286,7 @@ def cmd_engines(args: argparse.Namespace) -> int:
     except EngineUnavailable as exc:
         print(f"TensorRT engines: not built here ({str(exc).split(' but ', 1)[-1]})")
         return 0
-    from engines.trt_landmarks import tensorrt_networks
+    from engines.landmarks.tensorrt import tensorrt_networks
 
     built = tensorrt_networks(cache, config.tracking.max_faces, progress=True)
     print(f"TensorRT engines: {', '.join(built)} in {cache}")
@@ -321,7 +300,7 @@ def cmd_config_doc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _override(config: Config, args: argparse.Namespace) -> Config:
+def override_output(config: Config, args: argparse.Namespace) -> Config:
     """--avatar/--width/--height on render and demo, validated like the file itself."""
     data = config.model_dump()
     if getattr(args, "avatar", None):
@@ -365,16 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
     _size_args(render)
     render.set_defaults(func=cmd_render)
 
-    evaluate = sub.add_parser(
-        "eval", help="score how well the output follows a driver video (vs the still avatar)"
-    )
-    evaluate.add_argument("--avatar", help="avatar image (default: the config's)")
-    evaluate.add_argument("--driver", required=True, help="driving video file")
-    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--width", type=int, default=512, help="output width (default: 512)")
-    evaluate.add_argument("--height", type=int, default=512, help="output height (default: 512)")
-    evaluate.set_defaults(func=cmd_eval)
-
     demo = sub.add_parser("demo", help="render a demo video; needs no camera, GPU or v4l2loopback")
     demo.add_argument("--out", default="out/demo.mp4", help="output video (default: %(default)s)")
     demo.add_argument("--seconds", type=float, default=8.0, help="length (default: %(default)s)")
@@ -412,50 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_calibrate)
 
     doctor = sub.add_parser("doctor", help="check the machine and explain what is wrong")
-    doctor.add_argument("--sysfs", help=argparse.SUPPRESS)  # a fake sysfs tree, for tests
     doctor.set_defaults(func=cmd_doctor)
-
-    bench = sub.add_parser(
-        "bench",
-        help="per-stage latency, loop fps and CPU use of the pipeline; our warp vs scikit-image's",
-    )
-    bench.add_argument(
-        "--frames",
-        type=int,
-        default=300,
-        help="driver frames per unpaced run (default: %(default)s)",
-    )
-    bench.add_argument(
-        "--paced-s",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="seconds of the daemon paced at the output rate, per thread setting "
-        "(0: skip; default: %(default)s)",
-    )
-    bench.add_argument(
-        "--warp-runs",
-        type=int,
-        default=200,
-        metavar="N",
-        help="timed runs of our warp (0: skip the warp comparison; default: %(default)s)",
-    )
-    bench.add_argument(
-        "--skimage-runs",
-        type=int,
-        default=3,
-        metavar="N",
-        help="timed runs of scikit-image's warp, ~1 s each (0: skip; default: %(default)s)",
-    )
-    bench.add_argument(
-        "--engine-frames",
-        type=int,
-        default=100,
-        metavar="N",
-        help="frames per engine (cpu, cuda, tensorrt) at 720p and 1080p, side by side "
-        "(0: skip; default: %(default)s)",
-    )
-    bench.set_defaults(func=cmd_bench)
 
     engines = sub.add_parser(
         "engines",

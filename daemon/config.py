@@ -8,6 +8,7 @@ the stage that uses them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -19,21 +20,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from daemon import test_support
 from daemon.errors import ConfigError
+from engines.generator.config import GeneratorConfig, MeshGeneratorConfig, StillGeneratorConfig
+from engines.landmarks.config import MediaPipeTrackingConfig, TrackingConfig
+from engines.motion.config import MotionConfig
+from engines.section import Section
 
 DEFAULT_LABEL = "Talking Head Cam"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-FAULT_PREFIX = "fault:"  # capture.source "fault:VIDEO": test support, see daemon/faults.py
 _DEVICE_RE = re.compile(r"^/dev/video\d+$")
 _TOKEN_RE = re.compile(r"^[!-~]{16,}$")
-
-
-class Section(BaseModel):
-    """Base of every config section: a misspelled key is an error, never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class CaptureConfig(Section):
@@ -91,147 +97,6 @@ class OutputConfig(Section):
     fps: float = Field(30, gt=0, le=120, description="output rate, frames per second")
 
 
-class StillGeneratorConfig(Section):
-    """Publishes the avatar image itself, scaled and letterboxed (no animation)."""
-
-    type: Literal["still"] = Field("still", description="still: the avatar image, unanimated")
-
-
-class MeshGeneratorConfig(Section):
-    """Animates the avatar: its 3D face mesh follows your expression and head pose."""
-
-    type: Literal["mesh"] = Field(
-        "mesh", description="mesh: the avatar's face mesh, deformed and re-posed, warped"
-    )
-    background: Literal["avatar", "blur", "color", "image"] = Field(
-        "avatar",
-        description="behind the person: the avatar's own (person painted out), "
-        "blurred, a colour, or an image",
-    )
-    background_color: str = Field(
-        "#30343c", pattern=r"^#[0-9a-fA-F]{6}$", description="for background: color (#rrggbb)"
-    )
-    background_image: str | None = Field(None, description="for background: image, the image file")
-    mouth_interior: Literal["synthetic", "driver"] = Field(
-        "synthetic",
-        description="inside an open mouth: a synthetic interior coloured from the "
-        "avatar, or the driver's own (warped, colour-matched; shows part of your real face)",
-    )
-    map_scale: Literal[1, 2] = Field(
-        2, description="warp maps at 1/map_scale resolution: 2 is faster, 1 a little sharper"
-    )
-
-    def background_bgr(self) -> tuple[int, int, int]:
-        value = int(self.background_color[1:], 16)
-        return value & 0xFF, (value >> 8) & 0xFF, value >> 16
-
-    @model_validator(mode="after")
-    def _image_needs_a_file(self) -> MeshGeneratorConfig:
-        if self.background == "image" and not self.background_image:
-            raise ValueError("background: image needs background_image: PATH")
-        return self
-
-
-GeneratorConfig = Annotated[MeshGeneratorConfig | StillGeneratorConfig, Field(discriminator="type")]
-
-
-class MediaPipeTrackingConfig(Section):
-    """Face landmarks with MediaPipe FaceMesh on the CPU (478 points, models in the package)."""
-
-    type: Literal["mediapipe"] = Field(
-        "mediapipe", description="mediapipe: FaceMesh with refined eyes, lips and irises"
-    )
-    max_faces: int = Field(
-        3,
-        ge=1,
-        le=10,
-        description="faces looked at; the one followed is the current track, "
-        "else the largest, most central",
-    )
-    redetect_s: float = Field(
-        2.0,
-        ge=0,
-        le=60,
-        description="run the face detector again at least this often, s "
-        "(0: only when the track is lost)",
-    )
-    min_detection_confidence: float = Field(0.5, ge=0, le=1, description="to find a face")
-    min_tracking_confidence: float = Field(0.5, ge=0, le=1, description="to keep following it")
-
-
-TrackingConfig = Annotated[MediaPipeTrackingConfig, Field(discriminator="type")]
-
-
-class GainsConfig(Section):
-    """How strongly each channel of the driver's motion moves the avatar (1 = as measured)."""
-
-    pose: float = Field(1.0, ge=0, le=3, description="head rotation and movement")
-    expression: float = Field(1.0, ge=0, le=3, description="face shape changes (brows, cheeks)")
-    eyes: float = Field(1.0, ge=0, le=3, description="blinks and gaze")
-    mouth: float = Field(1.0, ge=0, le=3, description="mouth opening and width")
-
-
-class LimitsConfig(Section):
-    """Largest head rotation passed on to the avatar, degrees either way."""
-
-    yaw_deg: float = Field(35.0, ge=0, le=90, description="turning left/right")
-    pitch_deg: float = Field(25.0, ge=0, le=90, description="nodding up/down")
-    roll_deg: float = Field(30.0, ge=0, le=90, description="tilting sideways")
-
-
-class SmoothingConfig(Section):
-    """One-Euro filters: still when still, fast when fast (a blink stays one blink)."""
-
-    min_cutoff_hz: float = Field(
-        1.0, gt=0, le=30, description="cutoff when still: lower = steadier, more lag"
-    )
-    beta: float = Field(
-        20.0, ge=0, le=1000, description="how fast the cutoff rises with speed: higher = less lag"
-    )
-    d_cutoff_hz: float = Field(5.0, gt=0, le=30, description="cutoff of the speed estimate")
-
-
-class CalibrationConfig(Section):
-    """How the user's neutral face (the reference of all motion) is found."""
-
-    auto: bool = Field(
-        True, description="find a stable, eyes-open, mouth-closed, frontal moment by itself"
-    )
-    window_s: float = Field(
-        3.0, ge=0, le=60, description="the first seconds searched for the best neutral"
-    )
-    stable_frames: int = Field(
-        4, ge=2, le=120, description="frames a candidate neutral must hold (nearly) still"
-    )
-    refine: bool = Field(
-        True, description="keep refining the resting face shape while running (not the pose)"
-    )
-
-
-class MotionConfig(Section):
-    """From landmarks to head pose and expression, relative to the user's neutral face."""
-
-    relative: bool = Field(
-        True, description="pose relative to how you normally sit (false: relative to the camera)"
-    )
-    gains: GainsConfig = Field(default_factory=GainsConfig)
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig)
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    lost_grace_s: float = Field(
-        0.5, ge=0, le=10, description="face lost: hold the last motion this long, s"
-    )
-    idle_ease_s: float = Field(
-        1.0, ge=0, le=10, description="then ease to the neutral pose over this long, s"
-    )
-    resume_ease_s: float = Field(
-        0.3, ge=0, le=5, description="face found again: ease back in over this long, s"
-    )
-    idle_animation: bool = Field(
-        True, description="while idle: gentle breathing and occasional blinks"
-    )
-
-
 class VirtualCamSinkConfig(Section):
     """Publishes to a v4l2loopback device that Zoom, Meet and Chrome can select."""
 
@@ -270,19 +135,8 @@ class NullSinkConfig(Section):
     type: Literal["null"]
 
 
-class FaultSinkConfig(Section):
-    """Test support: a sink that fails, raises or blocks on command (see daemon/faults.py).
-    Only used when a config names `type: fault`; left out of the documented sink types."""
-
-    type: Literal["fault"]
-    control: str = Field(
-        description="control file holding one word: ok, fail, raise, block or refuse; "
-        "relative paths are relative to the config file"
-    )
-
-
 SinkConfig = Annotated[
-    VirtualCamSinkConfig | FileSinkConfig | NullSinkConfig | FaultSinkConfig,
+    VirtualCamSinkConfig | FileSinkConfig | NullSinkConfig,
     Field(discriminator="type"),
 ]
 SINK_TYPES = ("virtualcam", "file", "null")
@@ -398,8 +252,9 @@ class Config(Section):
     web: WebConfig = Field(default_factory=WebConfig)
     engines: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
         "auto",
-        description="where the per-frame networks run: auto (the best this machine offers: "
-        "tensorrt, else cuda, else cpu; the choice and why are logged at start), cpu "
+        description="where the per-frame networks run: auto (cuda where torch sees an NVIDIA "
+        "GPU, else cpu; never tensorrt, which has not yet run on real hardware; the choice "
+        "and why are logged at start), cpu "
         "(MediaPipe + OpenCV), cuda (torch on an NVIDIA GPU) or tensorrt (engines built from "
         "ONNX on first use, then cached); `talking-head-cam doctor` shows what is available",
     )
@@ -496,12 +351,33 @@ def parse_yaml(text: str, source: str) -> tuple[dict[str, Any], yaml.Node | None
     return data, node
 
 
+def config_model() -> type[Config]:
+    """Config, or with the test support on (daemon/test_support.py) a Config whose sinks
+    also take the support's sink types; in normal use those types do not exist."""
+    support = test_support.loaded()
+    return _config_with_sinks(support.sink_configs if support is not None else ())
+
+
+@functools.cache
+def _config_with_sinks(extra: tuple[type[BaseModel], ...]) -> type[Config]:
+    if not extra:
+        return Config
+    members = (VirtualCamSinkConfig, FileSinkConfig, NullSinkConfig, *extra)
+    sinks = Annotated[typing.Union[members], Field(discriminator="type")]  # noqa: UP007
+    field = Config.model_fields["sinks"]
+    return create_model(
+        "Config",
+        __base__=Config,
+        sinks=(list[sinks], Field(default_factory=field.default_factory)),
+    )
+
+
 def validate_config(
     data: Mapping[str, Any], source: str = "config", node: yaml.Node | None = None
 ) -> Config:
     """Mapping → Config, or ConfigError listing every problem as `field.path: message`."""
     try:
-        return Config.model_validate(dict(data))
+        return config_model().model_validate(dict(data))
     except ValidationError as exc:
         raise ConfigError(source, [_describe(err, data, node) for err in exc.errors()]) from None
 
@@ -527,10 +403,15 @@ def resolve_paths(config: Config, base: Path) -> Config:
     def absolute(value: str) -> str:
         return value if Path(value).is_absolute() else str((base / value).resolve())
 
+    support = test_support.loaded()
     capture = config.capture
-    if isinstance(capture.source, str) and capture.source.startswith(FAULT_PREFIX):
-        fault_video = absolute(capture.source.removeprefix(FAULT_PREFIX))
-        capture = capture.model_copy(update={"source": FAULT_PREFIX + fault_video})
+    if (
+        support is not None
+        and isinstance(capture.source, str)
+        and support.claims_source(capture.source)
+    ):
+        source = support.resolve_source(capture.source, absolute)
+        capture = capture.model_copy(update={"source": source})
     elif (
         isinstance(capture.source, str)
         and capture.source != "auto"
@@ -544,12 +425,8 @@ def resolve_paths(config: Config, base: Path) -> Config:
         s.model_copy(update={"path": absolute(s.path)}) if isinstance(s, FileSinkConfig) else s
         for s in config.sinks
     ]
-    sinks = [
-        s.model_copy(update={"control": absolute(s.control)})
-        if isinstance(s, FaultSinkConfig)
-        else s
-        for s in sinks
-    ]
+    if support is not None:
+        sinks = [support.resolve_sink(s, absolute) for s in sinks]
     generator = config.generator
     if isinstance(generator, MeshGeneratorConfig) and generator.background_image:
         generator = generator.model_copy(
@@ -673,11 +550,20 @@ _TAGGED: dict[str, type[BaseModel]] = {
     "virtualcam": VirtualCamSinkConfig,
     "file": FileSinkConfig,
     "null": NullSinkConfig,
-    "fault": FaultSinkConfig,
     "still": StillGeneratorConfig,
     "mesh": MeshGeneratorConfig,
     "mediapipe": MediaPipeTrackingConfig,
 }
+
+
+def _tagged() -> dict[str, type[BaseModel]]:
+    """_TAGGED, plus the test support's sink types when it is on."""
+    support = test_support.loaded()
+    extra = support.sink_configs if support is not None else ()
+    return _TAGGED | {
+        m.model_fields["type"].default or typing.get_args(m.model_fields["type"].annotation)[0]: m
+        for m in extra
+    }
 
 
 def _allowed_keys(parent: list[str | int], data: Mapping[str, Any]) -> list[str]:
@@ -689,8 +575,9 @@ def _allowed_keys(parent: list[str | int], data: Mapping[str, Any]) -> list[str]
             value = value[part]
         except (KeyError, IndexError, TypeError):
             return []
-        if isinstance(value, Mapping) and str(value.get("type")) in _TAGGED:
-            model = _TAGGED[str(value["type"])]
+        tagged = _tagged()
+        if isinstance(value, Mapping) and str(value.get("type")) in tagged:
+            model = tagged[str(value["type"])]
         elif model is not None and isinstance(part, str) and part in model.model_fields:
             annotation = model.model_fields[part].annotation
             is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from daemon.motion import Motion
+from engines.motion.estimator import Motion
 
 DEMO_SECONDS = 8.0
 BLINKS_S = (0.9, 2.6, 4.1, 5.9, 7.3)

@@ -24,9 +24,9 @@ from daemon.v4l2 import (
     loopback_parameter,
     loopback_version,
 )
-from engines.backends import AcceleratorReport, probe_accelerators
-from engines.select import choose_engines
-from engines.tensorrt_runtime import EngineRecord, engine_cache_dir, list_cached_engines
+from engines.runtime.backends import AcceleratorReport, probe_accelerators
+from engines.runtime.select import choose_engines
+from engines.runtime.tensorrt_runtime import EngineRecord, engine_cache_dir, list_cached_engines
 
 Status = Literal["ok", "warn", "fail", "info"]
 DEPENDENCIES = ("mediapipe", "cv2", "numpy", "yaml", "pydantic", "pyvirtualcam", "matplotlib")

@@ -1,12 +1,20 @@
-"""One exception hierarchy that the CLI maps to exit codes and one-line messages."""
+"""One exception hierarchy that the CLI maps to exit codes and one-line messages: the
+engines' errors (engines/errors.py) and the service's own."""
 
 from __future__ import annotations
 
+from engines.errors import AvatarError, EngineUnavailable, TalkingHeadCamError
 
-class TalkingHeadCamError(Exception):
-    """Base of every error we raise on purpose; its message is meant for the user."""
-
-    exit_code = 1
+__all__ = [
+    "AvatarError",
+    "CaptureError",
+    "ConfigError",
+    "DaemonNotRunning",
+    "DeviceError",
+    "EngineUnavailable",
+    "SinkError",
+    "TalkingHeadCamError",
+]
 
 
 class ConfigError(TalkingHeadCamError):
@@ -18,10 +26,6 @@ class ConfigError(TalkingHeadCamError):
         self.source = source
         self.problems = problems
         super().__init__(f"{source}: invalid config\n" + "\n".join(f"  {p}" for p in problems))
-
-
-class AvatarError(TalkingHeadCamError):
-    """An avatar image cannot be read or used."""
 
 
 class CaptureError(TalkingHeadCamError):
@@ -38,10 +42,3 @@ class SinkError(TalkingHeadCamError):
 
 class DaemonNotRunning(TalkingHeadCamError):
     """A command needs the running daemon and cannot find it."""
-
-
-class EngineUnavailable(TalkingHeadCamError):
-    """The configured `engines` backend (or a built engine) cannot run on this machine.
-    Exit code 2 like a bad config: restarting cannot install a GPU or a library."""
-
-    exit_code = 2

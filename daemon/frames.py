@@ -23,12 +23,3 @@ class OutputFrame:
     image: np.ndarray
     t_capture: float | None  # the driver frame it was made from (None: idle)
     index: int
-
-
-@dataclass(frozen=True, slots=True)
-class DriverView:
-    """The driver frame and its landmarks, lent to a generator that asked for the driver's
-    own pixels (mouth_interior: driver); no other generator ever sees the camera."""
-
-    image: np.ndarray
-    points: np.ndarray  # (478, 3) pixel-scaled landmarks of `image`

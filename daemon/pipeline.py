@@ -13,19 +13,53 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from daemon.capture import Capture
-from daemon.config import MotionConfig
-from daemon.frames import CapturedFrame, DriverView, OutputFrame
-from daemon.generator import Generator, letterbox
-from daemon.landmarks import LandmarkDetector, Landmarks
-from daemon.motion import Motion, MotionEstimator
+from daemon.config import Config, MotionConfig
+from daemon.frames import CapturedFrame, OutputFrame
 from daemon.sinks import SinkSet
 from daemon.stats import RollingStats
+from engines.generator.build import build_generator
+from engines.generator.interface import DriverView, Generator, letterbox
+from engines.landmarks.build import build_landmarks
+from engines.landmarks.interface import LandmarkDetector, Landmarks
+from engines.motion.estimator import Motion, MotionEstimator
 
 log = logging.getLogger(__name__)
+
+
+def make_generator(config: Config, avatar: str | None = None, engine: str = "cpu") -> Generator:
+    """The configured generator for `avatar` (default: config.avatar.image) at the output size,
+    on the chosen engines. Raises AvatarError when the avatar cannot be read or prepared."""
+    spec = config.avatar.image if avatar is None else avatar
+    return build_generator(
+        config.generator, spec, config.output.width, config.output.height, engine
+    )
+
+
+def build_detector(config: Config, engine: str = "cpu") -> LandmarkDetector:
+    cache = Path(config.engine_cache_dir) if config.engine_cache_dir else None
+    return build_landmarks(config.tracking, engine, cache)
+
+
+def build_pipeline(
+    config: Config, stats: RollingStats, generator: Generator | None = None, engine: str = "cpu"
+) -> Pipeline:
+    """The whole per-frame path for `config`: landmarks → motion → generator, on `engine`
+    (engines.runtime.select). Raises AvatarError when the avatar cannot be used (unless a generator
+    is given)."""
+    return Pipeline(
+        make_generator(config, engine=engine) if generator is None else generator,
+        stats,
+        config.output.width,
+        config.output.height,
+        detector=build_detector(config, engine),
+        estimator=MotionEstimator(config.motion),
+    )
+
 
 ERROR_LOG_INTERVAL_S = 10.0
 

@@ -37,6 +37,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
+from daemon import test_support
 from daemon.config import AvatarConfig, Config, OutputConfig
 from daemon.errors import TalkingHeadCamError
 from daemon.frames import CapturedFrame, OutputFrame
@@ -323,7 +324,6 @@ class RemoteSession(Peer):
         build_pipeline: Callable[..., Pipeline],
         publish: Callable[[RemoteSession], FrameRelay | None],
         engine: str = "cpu",
-        test_hooks: bool = False,
     ):
         super().__init__(peer_id, on_closed)
         self.avatar_name, avatar_path = avatar
@@ -331,7 +331,7 @@ class RemoteSession(Peer):
         self.config = self._peer_config(config, avatar_path)
         self.stats = RollingStats(window=120)
         self._build_pipeline, self._publish = build_pipeline, publish
-        self._test_hooks = test_hooks
+        self._test_support = test_support.loaded()  # None in normal use
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"peer-{peer_id}")
         self._loop = asyncio.get_running_loop()
         self.output: Latest[np.ndarray] = Latest()
@@ -444,11 +444,9 @@ class RemoteSession(Peer):
     ) -> np.ndarray:
         """On the worker thread: decode → pipeline → I420 (and the virtual camera, if asked)."""
         image = frame.to_ndarray(format="bgr24")
-        code = read_timecode(image) if self._test_hooks else None
         out = pipeline.process(CapturedFrame(image, t_received, index), time.monotonic())
-        if code is not None:
-            out = out.copy()
-            stamp_timecode(out, code)
+        if self._test_support is not None:
+            out = self._test_support.remote_frame(image, out)
         relay = self._publish(self)
         if relay is not None:
             relay.post(OutputFrame(out, t_received, index))
@@ -484,11 +482,11 @@ class RemoteSession(Peer):
         return self._loop.run_in_executor(self._executor, apply)
 
     def _swap_generator(self, config: Config) -> None:
-        from daemon.generator import build_generator
+        from daemon.pipeline import make_generator
 
         if self.pipeline is not None:
             out = config.output
-            generator = build_generator(config, engine=self.engine)
+            generator = make_generator(config, engine=self.engine)
             self.pipeline.set_generator(generator, out.width, out.height)
 
     async def _release(self) -> None:
@@ -538,14 +536,12 @@ class PeerManager:
         *,
         build_pipeline: Callable[..., Pipeline],
         engine: Callable[[], str] = lambda: "cpu",
-        test_hooks: bool = False,
     ):
         self.config = config
         self._engine = engine  # the engines the daemon runs on now (they follow reloads)
         self.preview = PreviewSource(relay, config.web.preview_width)
         self.publish_relay = publish_relay
         self._build_pipeline = build_pipeline
-        self._test_hooks = test_hooks
         self.peers: dict[str, Peer] = {}
 
     def count(self, kind: PeerKind) -> int:
@@ -579,7 +575,6 @@ class PeerManager:
             build_pipeline=self._build_pipeline,
             publish=self._publisher,
             engine=self._engine(),
-            test_hooks=self._test_hooks,
         )
         _, answer = await self._open(session, offer)
         return session, answer
@@ -647,34 +642,3 @@ def sends_video(sdp: str) -> bool:
         if "a=recvonly" not in lines and "a=inactive" not in lines:
             return True
     return False
-
-
-# ---------------------------------------------------------------- latency measurement
-
-# With TALKING_HEAD_CAM_TEST_HOOKS=1 a remote session copies a 24-bit time code from the
-# bottom strip of each camera frame (black/white blocks drawn by the benchmark page) into
-# the bottom strip of the avatar frame made from it, so the page can measure the round trip
-# camera frame → avatar frame. Never on in normal use.
-TIMECODE_BITS = 24
-TIMECODE_STRIP = 1 / 12  # share of the frame height at the bottom
-
-
-def read_timecode(image: np.ndarray) -> int:
-    height, width = image.shape[:2]
-    row = height - max(1, round(height * TIMECODE_STRIP)) // 2 - 1
-    block = width / TIMECODE_BITS
-    gray = image[row].mean(axis=-1)
-    code = 0
-    for bit in range(TIMECODE_BITS):
-        if gray[int(bit * block + block / 2)] >= 128:
-            code |= 1 << bit
-    return code
-
-
-def stamp_timecode(image: np.ndarray, code: int) -> None:
-    height, width = image.shape[:2]
-    top = height - max(1, round(height * TIMECODE_STRIP))
-    block = width / TIMECODE_BITS
-    for bit in range(TIMECODE_BITS):
-        value = 255 if code >> bit & 1 else 0
-        image[top:, round(bit * block) : round((bit + 1) * block)] = value

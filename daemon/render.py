@@ -14,12 +14,10 @@ from daemon.config import Config, FileSinkConfig, MediaPipeTrackingConfig
 from daemon.demo import scripted_motion
 from daemon.errors import CaptureError
 from daemon.frames import CapturedFrame
-from daemon.generator import build_generator
-from daemon.landmarks import MediaPipeLandmarks
-from daemon.pipeline import Pipeline
-from daemon.service import build_pipeline
+from daemon.pipeline import Pipeline, build_pipeline, make_generator
 from daemon.sinks import FileSink
 from daemon.stats import RollingStats
+from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +125,7 @@ def _set_neutral_from_frame(pipeline: Pipeline, driver: str, index: int) -> None
 def render_demo(config: Config, out: Path, seconds: float) -> RenderResult:
     """The avatar performing the built-in script (talk, blink, nod, look around), with no
     camera at all: `make demo` on any machine."""
-    generator = build_generator(config)
+    generator = make_generator(config)
     sink = _open_file_sink(config, out)
     frames = round(seconds * config.output.fps)
     try:

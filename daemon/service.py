@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon import test_support
 from daemon.capture import Capture
 from daemon.config import (
     DEFAULT_LABEL,
@@ -30,19 +31,17 @@ from daemon.config import (
     validate_config,
 )
 from daemon.errors import AvatarError, ConfigError, EngineUnavailable
-from daemon.generator import Generator, build_generator
-from daemon.landmarks import LandmarkDetector, build_landmarks
 from daemon.memory import trim_heap
-from daemon.motion import MotionEstimator
 from daemon.notify import Notifier
-from daemon.pipeline import FrameLoop, Pipeline
+from daemon.pipeline import FrameLoop, build_detector, build_pipeline, make_generator
 from daemon.sinks import SinkSet
 from daemon.stats import RollingStats
 from daemon.v4l2 import SYSFS_ROOT
+from engines.generator.interface import Generator
 
 if TYPE_CHECKING:
     from daemon.web import WebServer
-    from engines.select import EngineChoice
+    from engines.runtime.select import EngineChoice
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,6 @@ STATUS_INTERVAL_S = 2.0
 SUPERVISE_TICK_S = 0.1
 HEAP_TRIM_INTERVAL_S = 60.0  # give freed frame buffers back to the kernel (daemon.memory)
 SHUTDOWN_WAIT_S = 0.3  # the longest SIGTERM waits for stuck threads (systemd: within 1 s)
-TEST_HOOKS_ENV = "TALKING_HEAD_CAM_TEST_HOOKS"
 LIVE_SECTIONS = ("motion", "generator", "avatar")  # what the web page may change live
 
 
@@ -66,40 +64,19 @@ def build_generator_or_default(config: Config, engine: str = "cpu") -> Generator
     """The configured generator; a bad avatar file logs the error and uses the embedded
     default instead, so a typo never keeps the camera from starting."""
     try:
-        return build_generator(config, engine=engine)
+        return make_generator(config, engine=engine)
     except AvatarError as exc:
         log.error("%s; using the default avatar", exc)
-        return build_generator(config, "default", engine)
+        return make_generator(config, "default", engine)
 
 
 def choose_engine(config: Config) -> EngineChoice:
     """`engines` resolved on this machine (without importing torch where no NVIDIA GPU is
     listed). Raises EngineUnavailable for an explicit backend that cannot run."""
-    from engines.backends import quick_probe
-    from engines.select import choose_engines
+    from engines.runtime.backends import quick_probe
+    from engines.runtime.select import choose_engines
 
     return choose_engines(config.engines, quick_probe)
-
-
-def build_detector(config: Config, engine: str = "cpu") -> LandmarkDetector:
-    cache = Path(config.engine_cache_dir) if config.engine_cache_dir else None
-    return build_landmarks(config.tracking, engine, cache)
-
-
-def build_pipeline(
-    config: Config, stats: RollingStats, generator: Generator | None = None, engine: str = "cpu"
-) -> Pipeline:
-    """The whole per-frame path for `config`: landmarks → motion → generator, on `engine`
-    (engines.select). Raises AvatarError when the avatar cannot be used (unless a generator
-    is given)."""
-    return Pipeline(
-        build_generator(config, engine=engine) if generator is None else generator,
-        stats,
-        config.output.width,
-        config.output.height,
-        detector=build_detector(config, engine),
-        estimator=MotionEstimator(config.motion),
-    )
 
 
 def pid_file_path(env: Mapping[str, str] = os.environ) -> Path:
@@ -165,15 +142,12 @@ class Daemon:
         *,
         notifier: Notifier | None = None,
         sysfs_root: Path = SYSFS_ROOT,
-        test_hooks: bool | None = None,
     ):
         self.config = config
         self._config_arg = config_arg
         self._notifier = notifier or Notifier()
         self._sysfs_root = sysfs_root
-        self._test_hooks = (
-            os.environ.get(TEST_HOOKS_ENV) == "1" if test_hooks is None else test_hooks
-        )
+        self._stall_signal = test_support.loaded() is not None  # test support only
         self.stats = RollingStats()
         self._stop_requested = False
         self._reload_requested = False
@@ -302,7 +276,7 @@ class Daemon:
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         signal.signal(signal.SIGUSR1, lambda *_: self.request_calibration())
-        if self._test_hooks:
+        if self._stall_signal:
             signal.signal(signal.SIGUSR2, lambda *_: self._toggle_stall())
 
     def _toggle_stall(self) -> None:
@@ -310,7 +284,8 @@ class Daemon:
         self._wake.set()
 
     def _apply_test_hooks(self) -> None:
-        """SIGUSR2 (only with TALKING_HEAD_CAM_TEST_HOOKS=1) stalls/resumes the frame loop."""
+        """SIGUSR2 (only with the test support on, daemon/test_support.py) stalls/resumes the
+        frame loop: how the tests make the watchdog fire."""
         if self.loop is None or not self._stall_toggles:
             return
         toggles, self._stall_toggles = self._stall_toggles, 0
@@ -451,7 +426,7 @@ class Daemon:
             rebuild = switched or "engine_cache_dir" in changed
             if rebuild or {"avatar", "output", "generator"} & set(changed):
                 pipeline.set_generator(
-                    build_generator(new, engine=engine.name), new.output.width, new.output.height
+                    make_generator(new, engine=engine.name), new.output.width, new.output.height
                 )
             if rebuild or "tracking" in changed:
                 pipeline.set_detector(build_detector(new, engine.name))
@@ -504,7 +479,7 @@ class Daemon:
             return
         from daemon.web import WebServer
 
-        web = WebServer(self, config.web, test_hooks=self._test_hooks)
+        web = WebServer(self, config.web)
         try:
             web.start()
         except OSError as exc:  # the camera matters more than the page: keep running

@@ -51,10 +51,10 @@ import cv2
 from aiohttp import web
 from pydantic import BaseModel
 
-from daemon.avatar import MAX_AVATAR_PIXELS, decode_avatar, load_avatar
 from daemon.config import Config, MeshGeneratorConfig, WebConfig, connect_host, is_loopback
 from daemon.errors import AvatarError, ConfigError
 from daemon.pipeline import FrameRelay
+from engines.generator.avatar import MAX_AVATAR_PIXELS, decode_avatar, load_avatar
 
 if TYPE_CHECKING:
     from daemon.remote import PeerManager
@@ -170,7 +170,7 @@ class AvatarGallery:
 
     def store(self, name: str, data: bytes, content_type: str) -> None:
         """Check, decode and store an upload (blocking: run it on a worker thread). The
-        image is decoded with daemon.avatar.decode_avatar and re-encoded as PNG: what is
+        image is decoded with engines.generator.avatar.decode_avatar and re-encoded as PNG: what is
         stored is pixels we produced, not the uploaded file."""
         path = self.path(name)
         if len(data) > self.max_bytes:
@@ -209,7 +209,7 @@ class AvatarGallery:
 
     def prepare(self, name: str) -> None:
         """Find the face, the person and the background (blocking; cached by content)."""
-        from daemon.avatar_prep import prepare_avatar
+        from engines.generator.avatar_prep import prepare_avatar
 
         job = self.jobs[name]
         try:
@@ -390,9 +390,8 @@ def settings_patch(body: Any, gallery: AvatarGallery) -> dict[str, Any]:
 class WebServer:
     """The aiohttp application on its own thread and event loop, for one Daemon."""
 
-    def __init__(self, daemon: Daemon, config: WebConfig, *, test_hooks: bool = False):
+    def __init__(self, daemon: Daemon, config: WebConfig):
         self.daemon, self.config = daemon, config
-        self._test_hooks = test_hooks
         self.url = ""
         self.gallery = AvatarGallery(
             Path(config.avatars_dir) if config.avatars_dir else default_avatars_dir(),
@@ -499,8 +498,8 @@ class WebServer:
     def _peer_manager(self) -> PeerManager:
         """The WebRTC side, made on first use (on the event loop)."""
         if self.peers is None:
+            from daemon.pipeline import build_pipeline
             from daemon.remote import PeerManager
-            from daemon.service import build_pipeline
 
             loop = self.daemon.loop
             assert loop is not None
@@ -510,7 +509,6 @@ class WebServer:
                 self.publish_relay,
                 build_pipeline=build_pipeline,
                 engine=self._engine_name,
-                test_hooks=self._test_hooks,
             )
         return self.peers
 

@@ -1,7 +1,7 @@
 """Round trip of remote mode on loopback: browser camera frame → avatar frame back.
 
 `make bench-webrtc` (or `python tests/bench_webrtc.py [--seconds S]`). Starts a real daemon
-(no camera, null sink, web on a free port, TALKING_HEAD_CAM_TEST_HOOKS=1) and headless
+(no camera, null sink, web on a free port, the test support on) and headless
 Chromium. The page's camera is a canvas stream: a real face, and below it a 24-bit time
 code (the page's clock in ms) as black/white blocks. The daemon's remote session runs each
 frame through its pipeline as usual (landmarks → motion → mesh generator) and, with the test
@@ -39,12 +39,12 @@ from webrtc_browser import (
     web_url,
 )
 
-from daemon.avatar import load_avatar
+from engines.generator.avatar import load_avatar
 
 SHARED_FACE = Path(__file__).resolve().parents[2] / "shared/data/avatars/photo_woman_neutral.png"
 
 # The camera: the face in the top 11/12 of a 640x480 canvas, the time code in the bottom
-# 1/12 (as daemon.remote.read_timecode expects), redrawn every 10 ms; captured at 30 fps.
+# 1/12 (as thc_testing.timecode.read_timecode expects), redrawn every 10 ms; captured at 30 fps.
 PAGE_JS = """
 const [faceUrl, seconds, skip] = Array.from(arguments).slice(0, 3);
 const done = arguments[arguments.length - 1];
@@ -135,7 +135,8 @@ def run(seconds: float, skip: float) -> dict:
         env = {
             **os.environ,
             "XDG_RUNTIME_DIR": str(runtime),
-            "TALKING_HEAD_CAM_TEST_HOOKS": "1",
+            "TALKING_HEAD_CAM_TEST_SUPPORT": "thc_testing.plugin",  # copies the time codes
+            "PYTHONPATH": str(Path(__file__).resolve().parent),
         }
         log_path = folder / "daemon.log"
         with log_path.open("w") as log:

@@ -17,11 +17,26 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon.avatar import load_avatar
-from daemon.generator import letterbox
+from engines.generator.avatar import load_avatar
+from engines.generator.interface import letterbox
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+TESTS_DIR = Path(__file__).resolve().parent
+# The test support switch (daemon/test_support.py) for a daemon in a child process: fault
+# sources and sinks, the stall signal, remote time codes.
+TEST_SUPPORT = {
+    "TALKING_HEAD_CAM_TEST_SUPPORT": "thc_testing.plugin",
+    "PYTHONPATH": str(TESTS_DIR),
+}
+
+
+@pytest.fixture
+def test_support(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test support switched on in this process (in-process daemons and captures)."""
+    monkeypatch.setenv("TALKING_HEAD_CAM_TEST_SUPPORT", "thc_testing.plugin")
 
 
 @pytest.fixture(scope="session")
@@ -90,11 +105,11 @@ def expected_still(avatar: np.ndarray, width: int, height: int) -> np.ndarray:
 def mesh_rest_frame(width: int, height: int, avatar: str = "default") -> np.ndarray:
     """What the `mesh` generator publishes for a neutral motion: the avatar at rest."""
     from daemon.config import Config
-    from daemon.generator import build_generator
-    from daemon.motion import Motion
+    from daemon.pipeline import make_generator
+    from engines.motion.estimator import Motion
 
     config = Config.model_validate({"output": {"width": width, "height": height}})
-    return build_generator(config, avatar).render(Motion())
+    return make_generator(config, avatar).render(Motion())
 
 
 class NotifySocket:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.landmark_nets import (
+from engines.landmarks.nets import (
     LandmarksToTransformMatrix,
     TransformLandmarks,
     TransformTensorBilinear,
@@ -24,8 +24,8 @@ from engines.landmark_nets import (
     example_input,
     model_path,
 )
-from engines.landmark_path import LEFT_EYE_REFINED, LIPS_REFINED, RIGHT_EYE_REFINED
-from engines.tflite_graph import Operator, read_tflite
+from engines.landmarks.tflite_graph import Operator, read_tflite
+from engines.landmarks.torch_path import LEFT_EYE_REFINED, LIPS_REFINED, RIGHT_EYE_REFINED
 
 
 def _custom_ops(op_type: str) -> list[Operator]:
@@ -186,7 +186,7 @@ def test_attention_net_takes_batches():
 
 
 def test_a_reordered_model_is_refused(monkeypatch):
-    from engines import landmark_nets
+    from engines.landmarks import nets as landmark_nets
 
     spec = landmark_nets.NETWORKS["face_landmark_attention"]
     swapped = (spec.graph_output_names[1], spec.graph_output_names[0], *spec.graph_output_names[2:])

@@ -13,20 +13,20 @@ import pytest
 import torch
 from conftest import SHARED_DATA
 
-from daemon.avatar_prep import prepare_avatar
 from daemon.config import MediaPipeTrackingConfig, MeshGeneratorConfig
-from daemon.landmarks import MediaPipeLandmarks
-from daemon.motion import Motion
-from engines.graphed_networks import graphed_networks
-from engines.landmark_nets import NETWORKS, TFLiteNet, example_input, load_networks
-from engines.landmark_path import (
+from engines.generator.avatar_prep import prepare_avatar
+from engines.generator.mesh_torch import TorchMeshGenerator
+from engines.landmarks.graphed_networks import graphed_networks
+from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
+from engines.landmarks.nets import NETWORKS, TFLiteNet, example_input, load_networks
+from engines.landmarks.torch_path import (
     TorchFaceMesh,
     TorchLandmarkDetector,
     crop_rois,
     exact_fp32_convolutions,
     to_float_image,
 )
-from engines.torch_generator import TorchMeshGenerator
+from engines.motion.estimator import Motion
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.cuda_stream import StreamPipeline, host_buffer
+from engines.runtime.cuda_stream import StreamPipeline, host_buffer
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import expected_still, mean_abs_diff, mesh_rest_frame, read_video, write_video
+from conftest import (
+    TEST_SUPPORT,
+    expected_still,
+    mean_abs_diff,
+    mesh_rest_frame,
+    read_video,
+    write_video,
+)
 
 SIZE = (320, 240)
 WATCHDOG = {"WATCHDOG_USEC": "3000000"}  # pings every second while frames flow
@@ -160,9 +167,7 @@ def test_sigterm_stops_cleanly_within_a_second(start_daemon, notify_socket, tmp_
 def test_sd_notify_messages_arrive_in_order_and_watchdog_stops_on_a_stall(
     start_daemon, notify_socket, tmp_path
 ):
-    daemon = start_daemon(
-        config_text("/dev/video99"), env={**WATCHDOG, "TALKING_HEAD_CAM_TEST_HOOKS": "1"}
-    )
+    daemon = start_daemon(config_text("/dev/video99"), env={**WATCHDOG, **TEST_SUPPORT})
     ready = notify_socket.wait_for("READY=1")
     assert ready == 0, "READY=1 must be the first message"
     assert "STATUS=" in notify_socket.texts()[0]

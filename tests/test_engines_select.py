@@ -14,9 +14,9 @@ import torch
 from daemon.config import Config, load_config, validate_config
 from daemon.doctor import check_accelerators, check_engine_cache, check_engine_choice
 from daemon.errors import ConfigError, EngineUnavailable
-from engines.backends import AcceleratorReport, BackendReport, parse_nvidia_smi
-from engines.select import EngineChoice, choose_engines
-from engines.tensorrt_runtime import (
+from engines.runtime.backends import AcceleratorReport, BackendReport, parse_nvidia_smi
+from engines.runtime.select import AUTO_SKIPS_TENSORRT, EngineChoice, choose_engines
+from engines.runtime.tensorrt_runtime import (
     BuildTarget,
     default_engine_cache_dir,
     engine_cache_dir,
@@ -58,8 +58,11 @@ def choose(requested: str, probe: AcceleratorReport) -> EngineChoice:
 # ---------------------------------------------------------------- auto
 
 
-def test_auto_prefers_tensorrt_then_cuda_then_cpu() -> None:
-    assert choose("auto", report([H100], TORCH_CUDA, "TensorRT 10.7.0")).name == "tensorrt"
+def test_auto_prefers_cuda_then_cpu_and_never_tensorrt() -> None:
+    with_trt = choose("auto", report([H100], TORCH_CUDA, "TensorRT 10.7.0"))
+    assert with_trt.name == "cuda"  # TensorRT has not run on real hardware yet
+    assert with_trt.reason == f"auto: {TORCH_CUDA}; {AUTO_SKIPS_TENSORRT}"
+    assert "only when asked for" in with_trt.reason
     assert choose("auto", report([H100], TORCH_CUDA)).name == "cuda"
     assert choose("auto", report()).name == "cpu"
 
@@ -74,9 +77,8 @@ def test_auto_reasons_say_what_was_found_and_what_was_missing() -> None:
     assert choose("auto", report()).reason == f"auto: no NVIDIA GPU: {NO_SMI}; {CPU_TORCH}"
     cuda = choose("auto", report([H100], TORCH_CUDA))
     assert cuda.reason == f"auto: {TORCH_CUDA}; not tensorrt: {NO_TRT}"
-    trt = choose("auto", report([H100], TORCH_CUDA, "TensorRT 10.7.0"))
-    assert trt.reason == f"auto: TensorRT 10.7.0 on {TORCH_CUDA}"
-    assert str(trt) == f"tensorrt (auto: TensorRT 10.7.0 on {TORCH_CUDA})"
+    trt = choose("tensorrt", report([H100], TORCH_CUDA, "TensorRT 10.7.0"))
+    assert str(trt) == "tensorrt (engines: tensorrt in the config; TensorRT 10.7.0)"
 
 
 def test_cpu_is_always_granted_without_probing() -> None:
@@ -185,6 +187,8 @@ def test_doctor_reports_the_gpu_and_the_choice() -> None:
     assert none.status == "info" and f"no NVIDIA GPU found ({NO_SMI})" in none.detail
     ok = check_engine_choice("auto", report([H100], TORCH_CUDA))
     assert (ok.status, ok.detail) == ("ok", f"cuda — auto: {TORCH_CUDA}; not tensorrt: {NO_TRT}")
+    with_trt = check_engine_choice("auto", report([H100], TORCH_CUDA, "TensorRT 10.7.0"))
+    assert with_trt.detail == f"cuda — auto: {TORCH_CUDA}; {AUTO_SKIPS_TENSORRT}"
     failed = check_engine_choice("tensorrt", report())
     assert failed.status == "fail" and failed.detail.startswith("engines: tensorrt needs")
     assert "engines: auto" in failed.fix

@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, write_video
-
-from daemon.config import Config
-from daemon.evaluate import (
+from conftest import SHARED_DATA, TESTS_DIR, write_video
+from thc_tools.evaluate import (
     METRIC_NAMES,
     Signals,
     blink_events,
@@ -28,7 +27,9 @@ from daemon.evaluate import (
     track,
     write_report,
 )
-from daemon.facegeom import RIGID, angles_to_rotation, mouth_opening
+
+from daemon.config import Config
+from engines.facegeom import RIGID, angles_to_rotation, mouth_opening
 
 JSON_KEYS = {
     "clip",
@@ -142,10 +143,11 @@ def test_driver_against_itself_is_perfect_and_the_avatar_is_tracked(hopper_clip)
 
 
 def test_eval_cli_json_has_the_documented_keys(hopper_clip):
-    command = [sys.executable, "-m", "daemon", "eval", "--json", "--driver", str(hopper_clip)]
+    command = [sys.executable, "-m", "thc_tools", "eval", "--json", "--driver", str(hopper_clip)]
     command += ["--width", "256", "--height", "256"]
     result = subprocess.run(
         command,
+        env={**os.environ, "PYTHONPATH": str(TESTS_DIR)},
         capture_output=True,
         text=True,
         timeout=120,
@@ -164,7 +166,8 @@ def test_eval_cli_json_has_the_documented_keys(hopper_clip):
 
 def test_eval_cli_reports_a_missing_driver(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "daemon", "eval", "--driver", str(tmp_path / "none.mp4")],
+        [sys.executable, "-m", "thc_tools", "eval", "--driver", str(tmp_path / "none.mp4")],
+        env={**os.environ, "PYTHONPATH": str(TESTS_DIR)},
         capture_output=True,
         text=True,
         timeout=60,

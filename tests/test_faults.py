@@ -1,4 +1,4 @@
-"""Fault injection through the real code paths (daemon/faults.py): a camera that stalls, errs,
+"""Fault injection through the real code paths (thc_testing.faults): a camera that stalls, errs,
 vanishes and comes back (capture source `fault:VIDEO`), sinks that fail, raise, block or
 refuse (sink type `fault`), a corrupted or deleted avatar and a config rewritten while
 running. For each: the daemon keeps publishing at its rate, reports the change once (log,
@@ -21,15 +21,22 @@ import conftest
 import cv2
 import numpy as np
 import pytest
-from conftest import NotifySocket, expected_still, mean_abs_diff, read_video, write_video
+from conftest import (
+    TEST_SUPPORT,
+    NotifySocket,
+    expected_still,
+    mean_abs_diff,
+    read_video,
+    write_video,
+)
+from thc_testing.faults import FaultSinkConfig, control_path, frames_path, set_fault
 
 from daemon.capture import Capture
-from daemon.config import CaptureConfig, FaultSinkConfig, OutputConfig, StillGeneratorConfig
-from daemon.faults import control_path, frames_path, set_fault
-from daemon.generator import StillGenerator
+from daemon.config import CaptureConfig, OutputConfig, StillGeneratorConfig
 from daemon.pipeline import FrameLoop, Pipeline
 from daemon.sinks import SinkSet
 from daemon.stats import RollingStats
+from engines.generator.still import StillGenerator
 
 SIZE = (320, 240)
 FPS = 20
@@ -38,6 +45,8 @@ WATCHDOG = {"WATCHDOG_USEC": "1500000"}  # pings every 0.5 s while frames flow
 OBSERVE_S = 0.6  # a fault is held this long (several retries) before it is cleared
 # the longest a recovery may take here (a busy 2-core machine)
 wait_until = partial(conftest.wait_until, timeout_s=10.0)
+
+pytestmark = pytest.mark.usefixtures("test_support")
 
 
 def observe(seconds: float = OBSERVE_S) -> None:
@@ -102,7 +111,7 @@ def test_a_stalled_camera_is_not_published_stale_the_pipeline_idles(
     """A frozen camera must not freeze the avatar on the last camera pose forever: after
     Pipeline.STALE_S without a new frame the motion goes idle, and frames keep coming."""
     from daemon.config import Config
-    from daemon.service import build_pipeline
+    from daemon.pipeline import build_pipeline
 
     config = Config.model_validate(
         {"output": {"width": SIZE[0], "height": SIZE[1]}, "generator": {"type": "still"}}
@@ -314,7 +323,7 @@ def test_daemon_rides_out_camera_faults(
     web = WebStatus(tmp_path)
     daemon = start_daemon(
         daemon_config(f"fault:{fault_clip}", f"{{type: file, path: {out}}}", recorder, web=True),
-        env={**WATCHDOG, **web.env},
+        env={**WATCHDOG, **web.env, **TEST_SUPPORT},
     )
     ready = notify_socket.wait_for("READY=1")
     at = warm = notify_socket.wait_for("STATUS=live; face tracked", after=ready)
@@ -384,7 +393,7 @@ def test_daemon_rides_out_sink_faults(start_daemon, notify_socket: NotifySocket,
             recorder,
             web=True,
         ),
-        env={**WATCHDOG, **web.env},
+        env={**WATCHDOG, **web.env, **TEST_SUPPORT},
     )
     name = "fault(device.ctl)"
 
@@ -441,7 +450,7 @@ def test_daemon_survives_broken_avatars_and_config_rewrites(
     recorder, record = rate_recorder(tmp_path)
     file_sink = f"{{type: file, path: {out}}}"
     good = daemon_config("/dev/video99", file_sink, recorder, extra="avatar: {image: avatar.png}\n")
-    daemon = start_daemon(good, env=WATCHDOG)
+    daemon = start_daemon(good, env={**WATCHDOG, **TEST_SUPPORT})
     config = tmp_path / "config.yaml"
     ready = notify_socket.wait_for("READY=1")
 

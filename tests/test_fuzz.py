@@ -30,10 +30,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import BaseModel
 
-from daemon.avatar import MAX_AVATAR_PIXELS, MIN_AVATAR_SIDE, decode_avatar, load_avatar
-from daemon.avatar_prep import KEYPOINT_NAMES, load_sidecar, prepare_avatar
 from daemon.config import Config, load_config, parse_yaml, validate_config
 from daemon.errors import AvatarError, ConfigError
+from engines.generator.avatar import MAX_AVATAR_PIXELS, MIN_AVATAR_SIDE, decode_avatar, load_avatar
+from engines.generator.avatar_prep import KEYPOINT_NAMES, load_sidecar, prepare_avatar
 
 FUZZ = settings(
     database=None,  # no .hypothesis folder in the work tree

@@ -17,7 +17,21 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA, mean_abs_diff, read_video, write_video
 
-from daemon.avatar_prep import (
+from daemon.config import MediaPipeTrackingConfig, MeshGeneratorConfig, MotionConfig
+from daemon.errors import AvatarError
+from daemon.frames import CapturedFrame
+from daemon.pipeline import Pipeline
+from daemon.stats import RollingStats
+from engines.facegeom import (
+    LIPS_LOWER_INNER,
+    LIPS_LOWER_OUTER,
+    LIPS_UPPER_INNER,
+    LIPS_UPPER_OUTER,
+    N_FACE,
+    eye_openness,
+    mouth_opening,
+)
+from engines.generator.avatar_prep import (
     KEYPOINT_INDICES,
     KEYPOINT_NAMES,
     PreparedAvatar,
@@ -27,24 +41,12 @@ from daemon.avatar_prep import (
     prepare_avatar,
     template_points,
 )
-from daemon.config import MediaPipeTrackingConfig, MeshGeneratorConfig, MotionConfig
-from daemon.errors import AvatarError
-from daemon.facegeom import eye_openness, mouth_opening
-from daemon.frames import CapturedFrame, DriverView
-from daemon.landmarks import MediaPipeLandmarks
-from daemon.mesh import (
-    LIPS_LOWER_INNER,
-    LIPS_LOWER_OUTER,
-    LIPS_UPPER_INNER,
-    LIPS_UPPER_OUTER,
-    N_FACE,
-    build_mesh,
-)
-from daemon.mesh_generator import EYES, MeshGenerator
-from daemon.motion import Motion, MotionEstimator
-from daemon.pipeline import Pipeline
-from daemon.stats import RollingStats
-from daemon.warp import Roi, signed_areas, warp_image, warp_maps
+from engines.generator.interface import DriverView
+from engines.generator.mesh import build_mesh
+from engines.generator.mesh_cpu import EYES, MeshGenerator
+from engines.generator.warp import Roi, signed_areas, warp_image, warp_maps
+from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
+from engines.motion.estimator import Motion, MotionEstimator
 
 SIZE = (320, 240)
 TRACK_SIZE = (640, 480)  # large enough for FaceMesh to measure lids and lips reliably

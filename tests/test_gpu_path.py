@@ -13,15 +13,15 @@ import pytest
 import torch
 from conftest import mean_abs_diff
 
-from daemon.avatar_prep import prepare_avatar
 from daemon.config import Config
 from daemon.frames import CapturedFrame
-from daemon.generator import letterbox
-from daemon.mesh_generator import MeshGenerator
-from daemon.service import build_pipeline
+from daemon.pipeline import build_pipeline
 from daemon.stats import RollingStats
-from engines.landmark_path import TorchLandmarkDetector
-from engines.torch_generator import TorchMeshGenerator
+from engines.generator.avatar_prep import prepare_avatar
+from engines.generator.interface import letterbox
+from engines.generator.mesh_cpu import MeshGenerator
+from engines.generator.mesh_torch import TorchMeshGenerator
+from engines.landmarks.torch_path import TorchLandmarkDetector
 
 SIZE = (320, 240)
 ROLLS_DEG = [0.0] * 6 + [4.0 * np.sin(i / 3) * (1 + i / 8) for i in range(18)]

@@ -1,4 +1,4 @@
-"""engines.graphed_networks: the landmark networks behind fixed-batch graph runners
+"""engines.landmarks.graphed_networks: the landmark networks behind fixed-batch graph runners
 (`engines: cuda`). Here on the CPU the runners run eagerly on their static buffers, which
 checks the padding and slicing around them; on CUDA the graphs themselves are checked."""
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from daemon.config import MediaPipeTrackingConfig
-from engines.graphed_networks import GraphRunner, graphed_networks
-from engines.landmark_nets import INPUT_NAME, MESH_MODEL_NETWORKS, example_input, load_networks
-from engines.landmark_path import TorchLandmarkDetector
-from engines.trt_landmarks import engine_batches
+from engines.landmarks.graphed_networks import GraphRunner, graphed_networks
+from engines.landmarks.nets import INPUT_NAME, MESH_MODEL_NETWORKS, example_input, load_networks
+from engines.landmarks.tensorrt import engine_batches
+from engines.landmarks.torch_path import TorchLandmarkDetector
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -15,9 +15,10 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 from conftest import SHARED_DATA
 
-from engines import tflite_graph
-from engines.landmark_nets import NETWORKS, TFLiteNet, load_networks, model_path
-from engines.landmark_path import (
+from engines.landmarks import tflite_graph
+from engines.landmarks.nets import NETWORKS, TFLiteNet, load_networks, model_path
+from engines.landmarks.tflite_graph import TFLiteGraphError, read_tflite
+from engines.landmarks.torch_path import (
     LEFT_EYE_CORNERS,
     RIGHT_EYE_CORNERS,
     TorchFaceMesh,
@@ -25,7 +26,6 @@ from engines.landmark_path import (
     rois_from_points,
     to_float_image,
 )
-from engines.tflite_graph import TFLiteGraphError, read_tflite
 
 CLIPS = SHARED_DATA / "driving"
 

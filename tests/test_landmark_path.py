@@ -25,10 +25,9 @@ import torch
 from conftest import SHARED_DATA
 
 from daemon.config import MediaPipeTrackingConfig, MotionConfig
-from daemon.landmarks import MediaPipeLandmarks
-from daemon.motion import MotionEstimator
-from engines.landmark_nets import TFLiteNet, load_networks
-from engines.landmark_path import (
+from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
+from engines.landmarks.nets import TFLiteNet, load_networks
+from engines.landmarks.torch_path import (
     Detections,
     TorchFaceMesh,
     TorchLandmarkDetector,
@@ -36,6 +35,7 @@ from engines.landmark_path import (
     to_float_image,
     weighted_nms,
 )
+from engines.motion.estimator import MotionEstimator
 
 CLIPS = SHARED_DATA / "driving"
 CLIP_FRAMES = 30

@@ -8,7 +8,7 @@ import pytest
 from skimage import data as skdata
 
 from daemon.config import MediaPipeTrackingConfig
-from daemon.facegeom import (
+from engines.facegeom import (
     CHIN,
     LEFT_EYE_INNER,
     LEFT_EYE_OUTER,
@@ -20,7 +20,8 @@ from daemon.facegeom import (
     RIGHT_IRIS,
     UPPER_LIP_INNER,
 )
-from daemon.landmarks import Landmarks, MediaPipeLandmarks, choose_face
+from engines.landmarks.interface import Landmarks, choose_face
+from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
 
 NOSE_TIP = 1
 

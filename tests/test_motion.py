@@ -9,14 +9,11 @@ import pytest
 from conftest import SHARED_DATA, mean_abs_diff, write_video
 
 from daemon.capture import VideoFileReader
-from daemon.config import (
-    CalibrationConfig,
-    MediaPipeTrackingConfig,
-    MotionConfig,
-    SmoothingConfig,
-    StillGeneratorConfig,
-)
-from daemon.facegeom import (
+from daemon.config import MediaPipeTrackingConfig, MotionConfig, StillGeneratorConfig
+from daemon.frames import CapturedFrame
+from daemon.pipeline import Pipeline
+from daemon.stats import RollingStats
+from engines.facegeom import (
     RIGID,
     absolute_angles,
     angles_to_rotation,
@@ -26,12 +23,11 @@ from daemon.facegeom import (
     rotation_to_angles,
     umeyama,
 )
-from daemon.frames import CapturedFrame
-from daemon.generator import StillGenerator
-from daemon.landmarks import Landmarks, MediaPipeLandmarks
-from daemon.motion import Motion, MotionEstimator, OneEuroFilter
-from daemon.pipeline import Pipeline
-from daemon.stats import RollingStats
+from engines.generator.still import StillGenerator
+from engines.landmarks.interface import Landmarks
+from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
+from engines.motion.config import CalibrationConfig, SmoothingConfig
+from engines.motion.estimator import Motion, MotionEstimator, OneEuroFilter
 
 RIGHT_UPPER_LID = [246, 161, 160, 159, 158, 157, 173]
 RIGHT_LOWER_LID = [7, 163, 144, 145, 153, 154, 155]

@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engines.landmark_nets import NETWORKS, TFLiteNet, example_input, load_networks
-from engines.onnx_export import (
+from engines.landmarks.nets import NETWORKS, TFLiteNet, example_input, load_networks
+from engines.landmarks.onnx_export import (
     INPUT_NAME,
     MANIFEST_NAME,
     check_onnx,

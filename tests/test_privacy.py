@@ -3,7 +3,7 @@ vanish and return, a clock jump past the stale limit) and of the face being ther
 no frame the real frame loop publishes is ever (close to) a camera frame.
 
 The camera is a real face video of another person than the avatar (capture source
-`fault:VIDEO`, daemon/faults.py), read by the real Capture thread; the real Pipeline
+`fault:VIDEO`, tests/thc_testing/faults.py), read by the real Capture thread; the real Pipeline
 (MediaPipe landmarks → motion → mesh generator) and FrameLoop make every frame."""
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ import pytest
 from conftest import read_video, wait_until, write_video
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from thc_testing.faults import control_path, pixelate, set_fault
 
 from daemon.capture import Capture
 from daemon.config import CaptureConfig, Config
-from daemon.faults import control_path, pixelate, set_fault
-from daemon.pipeline import FrameLoop, Pipeline
-from daemon.service import build_pipeline
+from daemon.pipeline import FrameLoop, Pipeline, build_pipeline
 from daemon.sinks import SinkSet
 from daemon.stats import RollingStats
 
@@ -32,6 +31,8 @@ SIZE = (320, 240)  # camera and output alike, so a leaked frame would match pixe
 THUMB = (80, 60)
 LEAK_MAD = 30.0  # closer than this (mean abs difference, 0-255) to a camera frame is a leak
 LEAK_CORR = 0.8  # or more correlated than this
+
+pytestmark = pytest.mark.usefixtures("test_support")
 
 
 def thumb(image: np.ndarray) -> np.ndarray:

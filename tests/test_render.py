@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import (
     SHARED_DATA,
+    TESTS_DIR,
     expected_still,
     mean_abs_diff,
     mesh_rest_frame,
@@ -21,6 +23,17 @@ from conftest import (
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "daemon", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def tools(*args: str) -> subprocess.CompletedProcess[str]:
+    """The team's tools (tests/thc_tools), as `make bench` runs them."""
+    return subprocess.run(
+        [sys.executable, "-m", "thc_tools", *args],
+        env={**os.environ, "PYTHONPATH": str(TESTS_DIR)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -129,7 +142,7 @@ def test_demo_needs_no_camera_and_says_where_it_wrote(tmp_path):
 def test_bench_prints_per_stage_latency_and_loop_fps(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("output: {width: 320, height: 240}\n")
-    result = cli(
+    result = tools(
         "--config",
         str(config),
         "bench",
@@ -167,7 +180,7 @@ def test_bench_prints_per_stage_latency_and_loop_fps(tmp_path):
     assert all(float(fps) > 0 and float(cpu) > 0 for _, fps, cpu, _ in rows)
 
     lines = warp.splitlines()
-    assert lines[0].startswith("warp: ours (daemon.warp.warp_image) vs scikit-image")
+    assert lines[0].startswith("warp: ours (engines.generator.warp.warp_image) vs scikit-image")
     assert [line.split(",")[0] for line in lines[3:-1]] == ["ours"] * 2
     assert lines[-1] == "scikit-image: skipped (--skimage-runs 0)"
 

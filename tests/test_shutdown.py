@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NotifySocket, read_video, write_video
-
-from daemon.faults import control_path, set_fault
+from conftest import TEST_SUPPORT, NotifySocket, read_video, write_video
+from thc_testing.faults import control_path, set_fault
 
 SIZE = (320, 240)
 FPS = 20
-HOOKS = {"TALKING_HEAD_CAM_TEST_HOOKS": "1"}
+HOOKS = TEST_SUPPORT
 SEED = random.randrange(2**32)  # in every failure message, to replay a failing moment
 
 

@@ -24,7 +24,6 @@ from daemon.config import (
 )
 from daemon.errors import SinkError
 from daemon.frames import OutputFrame
-from daemon.motion import Motion
 from daemon.pipeline import FrameLoop, Pipeline
 from daemon.sinks import (
     FileSink,
@@ -35,6 +34,7 @@ from daemon.sinks import (
     bgr_to_yuyv,
 )
 from daemon.stats import RollingStats
+from engines.motion.estimator import Motion
 
 WIDTH, HEIGHT = 320, 240
 OUTPUT = OutputConfig(width=WIDTH, height=HEIGHT, fps=25)

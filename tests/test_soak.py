@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.soak import FAULT_KINDS, Limits, run_soak, verdict, write_report
+from thc_tools.soak import FAULT_KINDS, Limits, run_soak, verdict, write_report
 
 FRAMES = 2000
 

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from daemon.errors import EngineUnavailable
-from engines import tensorrt_runtime as rt
-from engines.tensorrt_runtime import (
+from engines.runtime import tensorrt_runtime as rt
+from engines.runtime.tensorrt_runtime import (
     BuildTarget,
     EngineRecord,
     TensorSpec,

@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from daemon.avatar_prep import PreparedAvatar, prepare_avatar
 from daemon.config import MeshGeneratorConfig
 from daemon.demo import scripted_motion
 from daemon.errors import EngineUnavailable
-from daemon.mesh import N_FACE
-from daemon.mesh_generator import MeshGenerator
-from daemon.motion import Motion
 from daemon.sinks import bgr_to_i420 as host_i420
-from daemon.warp import rasterize_ids as cv2_rasterize_ids
-from daemon.warp import triangle_affines
-from engines.torch_generator import TorchMeshGenerator, resolve_device
-from engines.torch_warp import bgr_to_i420, fixed_corners, rasterize_ids
+from engines.facegeom import N_FACE
+from engines.generator.avatar_prep import PreparedAvatar, prepare_avatar
+from engines.generator.mesh_cpu import MeshGenerator
+from engines.generator.mesh_torch import TorchMeshGenerator, resolve_device
+from engines.generator.torch_warp import bgr_to_i420, fixed_corners, rasterize_ids
+from engines.generator.warp import rasterize_ids as cv2_rasterize_ids
+from engines.generator.warp import triangle_affines
+from engines.motion.estimator import Motion
 
 SMALL, HD = (320, 240), (1280, 720)
 # Measured (this machine, torch 2.13 CPU), PSNR over the face's box grown by half / the whole
@@ -113,7 +113,7 @@ def test_rasterizer_paints_what_fill_convex_poly_paints():
 @pytest.mark.parametrize("scale", [1, 2])
 def test_turned_head_triangle_ids_equal_the_cpu_ids(hopper, scale):
     """A turned head overlaps itself: the far-first painter's order gives the same triangle
-    at every pixel as daemon.warp.rasterize_ids."""
+    at every pixel as engines.generator.warp.rasterize_ids."""
     cpu = MeshGenerator(MeshGeneratorConfig(), hopper, *SMALL)
     dest = cpu.to_work(cpu.deform(Motion(yaw=28.0, pitch=-8.0, roll=5.0, mouth_open=0.2)))
     roi, triangles = cpu.roi(dest), cpu.mesh.triangles

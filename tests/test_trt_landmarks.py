@@ -1,4 +1,4 @@
-"""engines.trt_landmarks: TensorRT engines standing in for the torch networks inside the
+"""engines.landmarks.tensorrt: TensorRT engines standing in for the torch networks inside the
 face mesh. TensorRT cannot be installed here, so the engine itself is the one stand-in: a
 runner with the engine's fixed-batch input buffer that runs the same network in torch
 (the ONNX graphs TensorRT would build from are checked against torch in test_onnx_export)."""
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from daemon.config import MediaPipeTrackingConfig
-from engines.landmark_nets import INPUT_NAME, NETWORKS, load_networks
-from engines.landmark_path import TorchLandmarkDetector
-from engines.trt_landmarks import EngineModule, engine_batches
+from engines.landmarks.nets import INPUT_NAME, NETWORKS, load_networks
+from engines.landmarks.tensorrt import EngineModule, engine_batches
+from engines.landmarks.torch_path import TorchLandmarkDetector
 
 
 class FixedBatchRunner:

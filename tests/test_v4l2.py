@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TEST_SUPPORT
 
 from daemon.capture import resolve_auto_camera
 from daemon.config import DEFAULT_LABEL, OutputConfig, VirtualCamSinkConfig
@@ -279,9 +280,8 @@ def doctor(config: Path, sysfs: FakeSysfs) -> tuple[int, dict[str, tuple[str, st
             "--config",
             str(config),
             "doctor",
-            "--sysfs",
-            str(sysfs.root),
         ],
+        env={**os.environ, **TEST_SUPPORT, "THC_TEST_SYSFS": str(sysfs.root)},
         capture_output=True,
         text=True,
         cwd=REPO,

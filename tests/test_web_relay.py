@@ -10,15 +10,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from thc_testing.timecode import read_timecode, stamp_timecode
 
 from daemon.capture import Capture
 from daemon.config import CaptureConfig, NullSinkConfig, OutputConfig, StillGeneratorConfig
 from daemon.frames import OutputFrame
-from daemon.generator import StillGenerator, letterbox
 from daemon.pipeline import FrameLoop, FrameRelay, Pipeline
-from daemon.remote import read_timecode, stamp_timecode
 from daemon.sinks import SinkSet
 from daemon.stats import RollingStats
+from engines.generator.interface import letterbox
+from engines.generator.still import StillGenerator
 
 WIDTH, HEIGHT = 320, 180
 

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 from conftest import SHARED_DATA, expected_still, mean_abs_diff, read_video, write_video
 
-from daemon.avatar import load_avatar
-from daemon.generator import letterbox
+from engines.generator.avatar import load_avatar
+from engines.generator.interface import letterbox
 
 WIDTH, HEIGHT, FPS = 320, 240, 15  # small: the guest is emulated (no KVM)
 CAMERA_FPS = 1

@@ -48,14 +48,16 @@ def hidden_paths(paths: list[Path]) -> list[Path]:
 
 
 def unit_dropin() -> str:
-    """The test's additions to the unit: the stall hook (SIGUSR2, see daemon/service.py), the
-    sandbox probe, more time to start (a cold start under emulation takes 30-90 s); and, only
-    where this host keeps Python or the checkout somewhere the unit hides, those paths shown
-    read-only (home directories as an empty tmpfs)."""
+    """The test's additions to the unit: the test support (daemon/test_support.py: SIGUSR2
+    stalls the frame loop), the sandbox probe, more time to start (a cold start under
+    emulation takes 30-90 s); and, only where this host keeps Python or the checkout
+    somewhere the unit hides, those paths shown read-only (home directories as an empty
+    tmpfs)."""
     lines = [
         "# Test-only, written by tests/e2e/test_systemd_e2e.py",
         "[Service]",
-        "Environment=TALKING_HEAD_CAM_TEST_HOOKS=1",
+        "Environment=TALKING_HEAD_CAM_TEST_SUPPORT=thc_testing.plugin",
+        f"Environment=PYTHONPATH={REPO / 'tests'}",
         f"ExecStartPost={sys.executable} {E2E_DIR / 'guest_probe.py'}",
         f"TimeoutStartSec={START_TIMEOUT_S}",
     ]

@@ -1,0 +1,734 @@
+"""The mesh generator (`generator.type: mesh`): the avatar photo come alive.
+
+Per frame: the avatar's 3D mesh takes the driver's pose-free expression (scaled to the
+avatar's face), its lids close by the blink signal, then the whole head turns, moves and
+scales around the avatar's head centre; hair and neck follow partly, the border not at all.
+The image is rendered by a piecewise-affine warp of the avatar (far triangles first), the
+eye and mouth holes are filled with the avatar's own eyeballs (the iris moved by the gaze)
+and a mouth interior, and the person is composited over a still background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import sparse
+
+from engines.facegeom import (
+    LEFT_EYE_BROW_RING,
+    LEFT_EYE_CREASE,
+    LEFT_EYE_LOWER,
+    LEFT_EYE_UPPER,
+    LIPS_LOWER_INNER,
+    LIPS_LOWER_OUTER,
+    LIPS_UPPER_INNER,
+    LIPS_UPPER_OUTER,
+    N_FACE,
+    RIGHT_EYE_BROW_RING,
+    RIGHT_EYE_CREASE,
+    RIGHT_EYE_LOWER,
+    RIGHT_EYE_UPPER,
+    RIGID,
+    angles_to_rotation,
+    eye_distance,
+)
+from engines.generator.avatar import load_avatar
+from engines.generator.avatar_prep import PreparedAvatar
+from engines.generator.config import MeshGeneratorConfig
+from engines.generator.interface import DriverView
+from engines.generator.mesh import AvatarMesh, build_mesh
+from engines.generator.warp import Roi, signed_areas, warp_image, warp_maps
+from engines.motion.estimator import Motion
+
+EYES = (  # (upper margin, lower margin, crease, iris landmark): the subject's right, left
+    (RIGHT_EYE_UPPER, RIGHT_EYE_LOWER, RIGHT_EYE_CREASE, 468),
+    (LEFT_EYE_UPPER, LEFT_EYE_LOWER, LEFT_EYE_CREASE, 473),
+)
+BROW_RINGS = (RIGHT_EYE_BROW_RING, LEFT_EYE_BROW_RING)
+LID_DRIVEN = sorted(
+    set(
+        RIGHT_EYE_UPPER
+        + RIGHT_EYE_LOWER
+        + RIGHT_EYE_CREASE
+        + LEFT_EYE_UPPER
+        + LEFT_EYE_LOWER
+        + LEFT_EYE_CREASE
+    )
+)
+# How far each ring above the eye travels with the lid margin: the lashes and the lid's
+# edge come down whole, the skin above them stretches (a closed lid, not a squashed eye).
+CREASE_TRAVEL, BROW_RING_TRAVEL = 0.9, 0.35
+LID_OVERSHOOT = 1.2  # a shut lid tucks just past the lower one: no sliver of eye remains
+# Vertices whose place is the signal itself (lid edges, inner lips): a fold is undone by
+# moving their neighbours first.
+KEEP_IN_PLACE = np.array(
+    sorted(set(RIGHT_EYE_UPPER + LEFT_EYE_UPPER + LIPS_UPPER_INNER + LIPS_LOWER_INNER))
+)
+# ... less so towards the corners, where the lids meet anyway (no fold at the corners)
+LID_PROFILE = np.sin(np.linspace(0.0, np.pi, len(RIGHT_EYE_UPPER))) ** 0.3
+FACE_HEIGHT_SHARE = 0.55  # at most this share of the output height is face (chin to brow)
+PIVOT_DEPTH = 0.5  # the head turns about a point this many eye distances behind the face
+
+
+# ---------------------------------------------------------------- framing and background
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """avatar pixels → output pixels: uniform scale, then offset."""
+
+    scale: float
+    offset: np.ndarray  # (2,)
+
+    def matrix(self) -> np.ndarray:
+        return np.float32([[self.scale, 0, self.offset[0]], [0, self.scale, self.offset[1]]])
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        out = np.array(points, np.float64)
+        out[:, :2] = out[:, :2] * self.scale + self.offset
+        if out.shape[1] > 2:
+            out[:, 2] *= self.scale
+        return out
+
+
+def frame_avatar(points: np.ndarray, size: tuple[int, int], width: int, height: int) -> Framing:
+    """Fill the output with the avatar (cover), unless that would make the face too big;
+    the face centred across and a little above the middle."""
+    img_w, img_h = size
+    face = points[:N_FACE, :2]
+    face_height = float(np.ptp(face[:, 1]))
+    scale = min(max(width / img_w, height / img_h), FACE_HEIGHT_SHARE * height / face_height)
+    center = face.mean(0)
+    offset = np.array([width / 2 - center[0] * scale, 0.46 * height - center[1] * scale])
+    for axis, (out, src) in enumerate(((width, img_w), (height, img_h))):
+        span = src * scale  # no gap where the image can cover; centred where it cannot
+        offset[axis] = np.clip(offset[axis], out - span, 0.0) if span >= out else ((out - span) / 2)
+    return Framing(scale, offset)
+
+
+def _cover(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    scale = max(width / image.shape[1], height / image.shape[0])
+    resized = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    top = (resized.shape[0] - height) // 2
+    left = (resized.shape[1] - width) // 2
+    return resized[top : top + height, left : left + width]
+
+
+def build_background(
+    config: MeshGeneratorConfig, avatar: PreparedAvatar, framing: Framing, width: int, height: int
+) -> np.ndarray:
+    """The still background of the output (what shows around and behind the person)."""
+    if config.background == "color":
+        return np.full((height, width, 3), config.background_bgr(), np.uint8)
+    if config.background == "image":
+        return _cover(load_avatar(str(config.background_image)), width, height)
+    plate = avatar.plate
+    blurred = cv2.GaussianBlur(_cover(plate, width, height), (0, 0), 25)
+    if config.background == "blur":
+        sharp = cv2.GaussianBlur(plate, (0, 0), max(plate.shape[:2]) / 60)
+    else:
+        sharp = plate
+    inside = cv2.warpAffine(
+        np.full(plate.shape[:2], 255, np.uint8),
+        framing.matrix(),
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+    )
+    framed = cv2.warpAffine(
+        sharp,
+        framing.matrix(),
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    return _blend(blurred, framed, inside)
+
+
+def _blend(background: np.ndarray, foreground: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """background · (1 − α) + foreground · α for an uint8 mask α, in 8-bit arithmetic (the
+    frame's hottest loop: about twice as fast as per-pixel float weights)."""
+    weight = cv2.cvtColor(alpha, cv2.COLOR_GRAY2BGR) if foreground.ndim == 3 else alpha
+    front = cv2.multiply(foreground, weight, scale=1.0 / 255.0)
+    back = cv2.multiply(background, cv2.bitwise_not(weight), scale=1.0 / 255.0)
+    return cv2.add(front, back)
+
+
+# ---------------------------------------------------------------- eyes
+
+
+class LidState:
+    """Blink signal → lid closure (0 open .. 1 shut), with hysteresis: the tracker never
+    reads a closed eye as 0 (more like 0.2–0.3 of open), and one threshold would flicker."""
+
+    CLOSE_BELOW = 0.52
+    OPEN_ABOVE = 0.62
+    SHUT_READING = 0.3  # what a shut eye reads (relative to the neutral's opening)
+    MAX_PARTIAL = 0.8
+    MAX_WIDENING = 0.3  # eyes opened wider than the neutral's raise the lids (surprise)
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def closure(self, eye_open: float) -> float:
+        if self.closed and eye_open > self.OPEN_ABOVE:
+            self.closed = False
+        elif not self.closed and eye_open < self.CLOSE_BELOW:
+            self.closed = True
+        if self.closed:
+            return 1.0
+        partial = (1.0 - eye_open) / (1.0 - self.SHUT_READING)
+        return float(np.clip(partial, -self.MAX_WIDENING, self.MAX_PARTIAL))
+
+
+@dataclass(frozen=True, slots=True)
+class Eyeball:
+    """One eye's content behind the lids, in avatar pixels: the white with the iris painted
+    out, and the iris as a patch with its own alpha (only the part the lids showed)."""
+
+    origin: np.ndarray  # (2,) top-left of the sclera patch
+    sclera: np.ndarray  # BGR
+    iris: np.ndarray  # BGRA, centred on the iris
+    iris_center: np.ndarray  # (2,)
+    corners: tuple[int, int]  # landmark indices: outer, inner
+    width: float  # corner to corner
+
+
+def build_eyeball(
+    image: np.ndarray, points: np.ndarray, upper: list[int], lower: list[int], iris: int
+) -> Eyeball:
+    corners = (upper[0], upper[-1])
+    opening = np.vstack([points[upper, :2], points[lower[-2:0:-1], :2]])
+    width = float(np.linalg.norm(points[corners[0], :2] - points[corners[1], :2]))
+    margin = 0.5 * width
+    x0, y0 = np.floor(opening.min(0) - margin).astype(int).clip(0)
+    x1, y1 = np.ceil(opening.max(0) + margin).astype(int)
+    x1, y1 = min(x1, image.shape[1]), min(y1, image.shape[0])
+    patch = image[y0:y1, x0:x1].copy()
+    origin = np.array([x0, y0], np.float64)
+    center = points[iris, :2]
+    radius = max(
+        2.0, float(np.mean(np.linalg.norm(points[iris + 1 : iris + 5, :2] - center, axis=1)))
+    )
+    local_open = np.zeros(patch.shape[:2], np.uint8)
+    cv2.fillPoly(
+        local_open, [np.round((opening - origin) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4
+    )
+    disc = np.zeros(patch.shape[:2], np.uint8)
+    cv2.circle(
+        disc,
+        tuple(np.round((center - origin) * 16).astype(int)),
+        round(radius * 1.15 * 16),
+        255,
+        -1,
+        cv2.LINE_AA,
+        4,
+    )
+    iris_alpha = cv2.min(disc, local_open)
+    sclera = cv2.inpaint(
+        patch, cv2.dilate(iris_alpha, np.ones((3, 3), np.uint8)), 3, cv2.INPAINT_TELEA
+    )
+    bgra = np.dstack([patch, cv2.GaussianBlur(iris_alpha, (3, 3), 0)])
+    half = int(np.ceil(radius * 1.4))
+    cx, cy = np.round(center - origin).astype(int)
+    iris_patch = np.zeros((2 * half + 1, 2 * half + 1, 4), np.uint8)
+    sy0, sy1 = max(0, cy - half), min(patch.shape[0], cy + half + 1)
+    sx0, sx1 = max(0, cx - half), min(patch.shape[1], cx + half + 1)
+    iris_patch[sy0 - (cy - half) : sy1 - (cy - half), sx0 - (cx - half) : sx1 - (cx - half)] = bgra[
+        sy0:sy1, sx0:sx1
+    ]
+    return Eyeball(origin, sclera, iris_patch, center.astype(np.float64), corners, width)
+
+
+def _similarity(
+    src: tuple[np.ndarray, np.ndarray], dst: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """2x3 similarity taking the segment src onto the segment dst."""
+    s0, s1 = complex(*src[0]), complex(*src[1])
+    d0, d1 = complex(*dst[0]), complex(*dst[1])
+    a = (d1 - d0) / (s1 - s0) if s1 != s0 else 1.0
+    b = d0 - a * s0
+    return np.float32([[a.real, -a.imag, b.real], [a.imag, a.real, b.imag]])
+
+
+# ---------------------------------------------------------------- mouth
+
+
+@dataclass(frozen=True, slots=True)
+class MouthColours:
+    """The avatar's own lip, skin and light, to colour a synthetic mouth interior."""
+
+    cavity: np.ndarray
+    teeth: np.ndarray
+    tongue: np.ndarray
+
+    @classmethod
+    def sample(cls, image: np.ndarray, points: np.ndarray) -> MouthColours:
+        lips = np.zeros(image.shape[:2], np.uint8)
+        outer = np.vstack([points[LIPS_UPPER_OUTER, :2], points[LIPS_LOWER_OUTER[-2:0:-1], :2]])
+        inner = np.vstack([points[LIPS_UPPER_INNER, :2], points[LIPS_LOWER_INNER[-2:0:-1], :2]])
+        cv2.fillPoly(lips, [np.round(outer).astype(np.int32)], 255)
+        cv2.fillPoly(lips, [np.round(inner).astype(np.int32)], 0)
+        lip = np.array(cv2.mean(image, lips)[:3])
+        cheeks = np.zeros(image.shape[:2], np.uint8)
+        for index in (50, 280, 101, 330):
+            cv2.circle(
+                cheeks,
+                tuple(np.round(points[index, :2]).astype(int)),
+                max(2, round(eye_distance(points) * 0.08)),
+                255,
+                -1,
+            )
+        skin = np.array(cv2.mean(image, cheeks)[:3])
+        light = float(np.clip(skin.mean() / 170.0, 0.45, 1.15))
+        teeth = np.clip(np.array([226.0, 234.0, 238.0]) * light * 0.85 + skin * 0.15, 0, 255)
+        return cls(cavity=lip * 0.22, teeth=teeth, tongue=lip * 0.62)
+
+
+@dataclass(frozen=True, slots=True)
+class MouthLayer:
+    """A mouth interior ready to paint: BGR box, its anti-aliased mask, top-left corner."""
+
+    box: np.ndarray
+    mask: np.ndarray
+    origin: tuple[int, int]
+
+    def paint(self, person: np.ndarray) -> None:
+        x0, y0 = self.origin
+        height, width = self.mask.shape
+        _paint_over(person[y0 : y0 + height, x0 : x0 + width], self.box, self.mask)
+
+
+def synthetic_mouth(
+    shape: tuple[int, ...],
+    upper: np.ndarray,
+    lower: np.ndarray,
+    colours: MouthColours,
+    unit: float,
+) -> MouthLayer | None:
+    """A mouth interior inside the current inner-lip contour (ROI pixel coordinates): dark
+    cavity, upper teeth under the upper lip, a tongue low at the back, shaded darker towards
+    the corners; it fades in and grows with the opening, coloured from the avatar. None
+    while the lips meet."""
+    polygon = np.vstack([upper, lower[-2:0:-1]])
+    gap = float(np.max(lower[1:-1, 1] - upper[1:-1, 1]))
+    if gap < 0.015 * unit:
+        return None
+    (x0, y0), (x1, y1) = (
+        np.floor(polygon.min(0)).astype(int) - 2,
+        np.ceil(polygon.max(0)).astype(int) + 3,
+    )
+    x0, y0 = max(x0, 0), max(y0, 0)
+    x1, y1 = min(x1, shape[1]), min(y1, shape[0])
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    origin = np.array([x0, y0], np.float64)
+    box = np.empty((y1 - y0, x1 - x0, 3), np.float32)
+    box[:] = colours.cavity
+    width = float(np.linalg.norm(upper[-1] - upper[0]))
+    if gap > 0.12 * unit:
+        tongue = lower[len(lower) // 2] - origin - np.array([0.0, 0.25 * gap])
+        cv2.ellipse(
+            box,
+            tuple(np.round(tongue * 16).astype(int)),
+            (round(0.28 * width * 16), round(0.3 * gap * 16)),
+            0,
+            180,
+            360,
+            colours.tongue.tolist(),
+            -1,
+            cv2.LINE_AA,
+            4,
+        )
+    if gap > 0.04 * unit:  # along the upper lip's line, clear of the corners
+        teeth_height = min(0.3 * gap, 0.075 * unit)
+        order = np.argsort(upper[:, 0])
+        xs = np.linspace(*np.percentile(upper[:, 0], (12, 88)), 12)
+        top = np.interp(xs, upper[order, 0], upper[order, 1])
+        edge = np.stack([xs, top], axis=1) - origin
+        band = np.vstack([edge, (edge + np.array([0.0, teeth_height]))[::-1]])
+        cv2.fillPoly(
+            box, [np.round(band * 16).astype(np.int32)], colours.teeth.tolist(), cv2.LINE_AA, 4
+        )
+    center_x = (upper[0, 0] + upper[-1, 0]) / 2 - x0
+    xs = np.arange(box.shape[1], dtype=np.float32) - center_x
+    box *= (0.45 + 0.55 * np.exp(-((xs / (0.42 * width)) ** 2)))[None, :, None]
+    box = cv2.GaussianBlur(box, (0, 0), max(0.6, 0.05 * gap))
+    mask = np.zeros(box.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round((polygon - origin) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
+    fade = float(np.clip((gap - 0.015 * unit) / (0.035 * unit), 0.0, 1.0))
+    if fade < 1.0:
+        mask = (mask * fade).astype(np.uint8)
+    return MouthLayer(box.astype(np.uint8), mask, (x0, y0))
+
+
+def driver_mouth(
+    synthetic: MouthLayer, upper: np.ndarray, lower: np.ndarray, driver: DriverView
+) -> MouthLayer:
+    """The driver's own mouth interior (mouth_interior: driver), warped from the driver's
+    inner-lip contour onto the avatar's, colour-matched to the synthetic interior's light and
+    shown only inside the avatar's lips."""
+    target = np.vstack([upper, lower[-2:0:-1]]) - np.array(synthetic.origin, np.float64)
+    source = np.vstack(
+        [driver.points[LIPS_UPPER_INNER, :2], driver.points[LIPS_LOWER_INNER[-2:0:-1], :2]]
+    )
+    fan = np.array([(0, i, i % len(target) + 1) for i in range(1, len(target) + 1)])
+    dest = np.vstack([target.mean(0), target])
+    src = np.vstack([source.mean(0), source])
+    height, width = synthetic.mask.shape
+    warped, covered = warp_image(driver.image, fan, dest, src, Roi(0, 0, width, height))
+    inside = covered & (synthetic.mask > 0)
+    if not inside.any():
+        return synthetic
+    pixels = warped[inside].astype(np.float32)
+    reference = synthetic.box[inside].astype(np.float32)
+    matched = (pixels - pixels.mean(0)) * (reference.std(0) + 1.0) / (pixels.std(0) + 1.0)
+    box = synthetic.box.copy()
+    box[inside] = np.clip(matched + reference.mean(0), 0, 255).astype(np.uint8)
+    return MouthLayer(box, synthetic.mask, synthetic.origin)
+
+
+def _paint_over(person: np.ndarray, layer: np.ndarray, mask: np.ndarray) -> None:
+    """Fill a hole of the warped face (BGRA, in place) with `layer` inside the anti-aliased
+    `mask`; the hole's outline is the mask's, smooth at any map resolution."""
+    person[:, :, :3] = _blend(person[:, :, :3], layer, mask)
+    np.maximum(person[:, :, 3], mask, out=person[:, :, 3])
+
+
+def neighbour_mean(triangles: np.ndarray, count: int) -> sparse.csr_matrix:
+    """The (count × count) operator that averages each vertex's mesh neighbours."""
+    edges = np.vstack([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+    edges = np.unique(np.vstack([edges, edges[:, ::-1]]), axis=0)
+    adjacency = sparse.csr_matrix(
+        (np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(count, count)
+    )
+    degree = np.asarray(adjacency.sum(1)).ravel()
+    return sparse.diags(1.0 / np.maximum(degree, 1.0)) @ adjacency
+
+
+def jaw_weights(points: np.ndarray, unit: float, triangles: np.ndarray) -> np.ndarray:
+    """How far each face vertex drops when the mouth opens: 1 along the middle of the lower
+    lip (0 at the corners: a lens-shaped opening), fading over the chin and jaw, 0 on the
+    upper lip and above; smoothed over the mesh so neighbours never differ abruptly (which
+    would fold triangles at the mouth corners)."""
+    upper = points[LIPS_UPPER_INNER, :2]
+    order = np.argsort(upper[:, 0])
+    lip_line = np.interp(points[:, 0], upper[order, 0], upper[order, 1])  # flat beyond corners
+    center = points[LIPS_LOWER_INNER, :2].mean(0)
+    distance = np.linalg.norm(points[:, :2] - center, axis=1)
+    weights = np.clip(1.0 - distance / (1.5 * unit), 0.0, 1.0) ** 0.6
+    weights[points[:, 1] <= lip_line + 0.01 * unit] = 0.0
+    along = np.sin(np.linspace(0.0, np.pi, len(LIPS_LOWER_INNER))) ** 0.5
+    fixed = {  # the lower lip moves whole: inner and outer edge alike
+        **dict.fromkeys(LIPS_UPPER_INNER + LIPS_UPPER_OUTER, 0.0),
+        **dict(zip(LIPS_LOWER_INNER, along, strict=True)),
+        **dict(zip(LIPS_LOWER_OUTER[1:-1], along[1:-1], strict=True)),
+    }
+    ids, values = np.array(list(fixed)), np.array(list(fixed.values()))
+    weights[ids] = values
+    edges = np.vstack([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+    edges = np.vstack([edges, edges[:, ::-1]])
+    degree = np.bincount(edges[:, 0], minlength=len(points)).astype(np.float64)
+    for _ in range(4):  # neighbour averaging, the fixed vertices held
+        summed = np.bincount(edges[:, 0], weights=weights[edges[:, 1]], minlength=len(points))
+        weights = np.where(
+            degree > 0, 0.5 * weights + 0.5 * summed / np.maximum(degree, 1), weights
+        )
+        weights[ids] = values
+    weights[points[:, 1] < lip_line - 0.15 * unit] = 0.0  # the smoothing stays by the mouth
+    return weights
+
+
+# ---------------------------------------------------------------- the generator
+
+
+class MeshGenerator:
+    """Renders the avatar with the driver's motion (see the module docstring)."""
+
+    def __init__(
+        self, config: MeshGeneratorConfig, avatar: PreparedAvatar, width: int, height: int
+    ):
+        self.config, self.avatar = config, avatar
+        self.width, self.height = width, height
+        self.uses_driver_pixels = config.mouth_interior == "driver"
+        img_h, img_w = avatar.image.shape[:2]
+        self.mesh: AvatarMesh = build_mesh(avatar.points, img_w, img_h)
+        self.framing = frame_avatar(avatar.points, (img_w, img_h), width, height)
+        self.rest = self.framing.apply(self.mesh.vertices)  # output pixels, with depth
+        self.unit = eye_distance(self.rest[: len(avatar.points)])
+        self.source = self.mesh.vertices[:, :2].astype(np.float64)
+        self.bgra = np.dstack([avatar.image, avatar.person])
+        # Frames are drawn at the avatar's own resolution when the output enlarges it (the
+        # detail is not there anyway) and scaled up once: a fraction of the pixel work.
+        factor = min(1.0, 1.0 / self.framing.scale)
+        self.work_size = (max(2, round(width * factor)), max(2, round(height * factor)))
+        self.work_per_output = (self.work_size[0] / width, self.work_size[1] / height)
+        k = np.array(self.work_per_output)
+        work_framing = Framing(self.framing.scale * k[0], (self.framing.offset + 0.5) * k - 0.5)
+        self.background = build_background(config, avatar, work_framing, *self.work_size)
+        person = cv2.warpAffine(
+            self.bgra,
+            work_framing.matrix(),
+            self.work_size,
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+        )
+        self.still_work = _blend(self.background, person[:, :, :3], person[:, :, 3])
+        self.still = cv2.resize(self.still_work, (width, height), interpolation=cv2.INTER_LINEAR)
+        self.still.setflags(write=False)
+        self.eyeballs = [
+            build_eyeball(avatar.image, avatar.points, up, low, iris) for up, low, _, iris in EYES
+        ]
+        self.mouth_colours = MouthColours.sample(avatar.image, avatar.points)
+        self.lids = [LidState(), LidState()]
+        self.pivot = self.rest[RIGID].mean(0) + np.array([0.0, 0.0, PIVOT_DEPTH * self.unit])
+        self.moving = self.mesh.triangles[self.mesh.rigidity[self.mesh.triangles].max(1) > 0]
+        self.face_triangles = self.mesh.triangles[(self.mesh.triangles < N_FACE).all(1)]
+        self.rest_sign = np.sign(signed_areas(self.face_triangles, self.rest[:, :2]))
+        self.jaw = jaw_weights(self.rest[:N_FACE], self.unit, self.face_triangles)
+        self.neighbours = neighbour_mean(self.face_triangles, N_FACE)
+        self.last_dest = self.rest
+
+    # ------------------------------------------------------------ geometry
+
+    def deform(self, motion: Motion) -> np.ndarray:
+        """Vertex positions (output pixels, with depth) for this motion."""
+        closures = [lid.closure(e) for lid, e in zip(self.lids, motion.eye_open, strict=True)]
+        signals = self.rest.copy()  # the signals alone: jaw drop and lids
+        self._open_mouth(signals, motion.mouth_open)
+        self._close_lids(signals, closures)
+        face = signals.copy()
+        if motion.expression is not None:
+            offsets = motion.expression[:N_FACE].astype(np.float64) * self.unit
+            offsets[LID_DRIVEN] = 0.0  # the lids follow the blink signal, not the shape
+            offsets[:, 1] *= 1.0 - self.jaw  # and the jaw the mouth-opening signal
+            face[:N_FACE] += offsets
+        self._keep_lips_apart(face)
+        self._unfold(face, signals)
+        rotation = angles_to_rotation(motion.yaw, motion.pitch, motion.roll)
+        shift = np.array([*motion.shift, 0.0]) * self.unit
+        head = (face - self.pivot) @ rotation.T * motion.scale + self.pivot + shift
+        rigid = self.mesh.rigidity[:, None]
+        return self.rest + rigid * (head - self.rest) + (1.0 - rigid) * (face - self.rest)
+
+    def _flipped(self, face: np.ndarray) -> np.ndarray:
+        return np.sign(signed_areas(self.face_triangles, face[:, :2])) != self.rest_sign
+
+    def _unfold(self, face: np.ndarray, signals: np.ndarray) -> None:
+        """No face triangle may end up turned over (in place, before the head turns). A fold
+        is undone by taking back expression first (towards the signals alone), then the skin
+        around the lid edges and inner lips (towards rest), and at last anything."""
+        in_signals = None  # folds the signals alone make: taking expression back can't help
+        phase_two_until, best = 20, None
+        for round_ in range(200):
+            flipped = self._flipped(face)
+            if not flipped.any():
+                return
+            folds = int(flipped.sum())
+            if 8 <= round_ < phase_two_until and best is not None and folds >= best:
+                phase_two_until = round_  # giving way no longer helps: move on
+            best = folds if best is None else min(best, folds)
+            if in_signals is None:
+                in_signals = self._flipped(signals)
+            ids = np.unique(self.face_triangles[flipped])
+            if round_ < 8 and (flipped & ~in_signals).any():  # halve the expression away
+                face[ids] = signals[ids] + 0.5 * (face[ids] - signals[ids])
+                continue
+            movable = ids[~np.isin(ids, KEEP_IN_PLACE)]
+            if round_ < phase_two_until and movable.size:  # skin by lid edges and lips gives way:
+                around_eyes = movable[np.isin(movable, LID_DRIVEN)]  # lid folds back a half,
+                face[around_eyes] = self.rest[around_eyes] + 0.5 * (
+                    face[around_eyes] - self.rest[around_eyes]
+                )
+                elsewhere = movable[~np.isin(movable, LID_DRIVEN)]  # elsewhere each vertex
+                moved = face[:N_FACE] - self.rest[:N_FACE]  # takes its neighbours' mean
+                face[elsewhere] = self.rest[elsewhere] + self.neighbours[elsewhere] @ moved
+                continue
+            if round_ < 150:  # then a folded triangle moves as one: its three corners share
+                triangles = self.face_triangles[flipped]  # their mean displacement
+                moved = (face[triangles] - self.rest[triangles]).mean(1)
+                total = np.zeros((N_FACE, 3))
+                np.add.at(total, triangles.ravel(), np.repeat(moved, 3, axis=0))
+                count = np.bincount(triangles.ravel(), minlength=N_FACE)[ids, None]
+                face[ids] = self.rest[ids] + total[ids] / count
+                continue
+            face[ids] = self.rest[ids]  # at last: back to rest (rest has no fold)
+
+    def _open_mouth(self, face: np.ndarray, mouth_open: float) -> None:
+        """Drop the jaw by the measured opening: the driver's opening, in the avatar's own
+        proportions, whatever the driver's face shape or its neutral's mouth."""
+        drop = max(0.0, mouth_open) * self.unit
+        face[:N_FACE, 1] += drop * self.jaw
+
+    def _close_lids(self, face: np.ndarray, closures: list[float]) -> None:
+        for (upper, lower, crease, _), brow, closure in zip(
+            EYES, BROW_RINGS, closures, strict=True
+        ):
+            if closure == 0.0:
+                continue
+            top, bottom = face[upper], face[lower]
+            travel = closure * LID_OVERSHOOT * (bottom - top) * LID_PROFILE[:, None]
+            face[upper[1:-1]] += travel[1:-1]
+            face[crease[1:-1]] += CREASE_TRAVEL * travel[1:-1]
+            face[brow] += BROW_RING_TRAVEL * travel[1:-1]
+
+    def _keep_lips_apart(self, face: np.ndarray) -> None:
+        upper, lower = face[LIPS_UPPER_INNER[1:-1]], face[LIPS_LOWER_INNER[1:-1]]
+        crossed = lower[:, 1] < upper[:, 1]
+        if crossed.any():
+            middle = (upper[crossed] + lower[crossed]) / 2
+            face[np.array(LIPS_UPPER_INNER[1:-1])[crossed]] = middle
+            face[np.array(LIPS_LOWER_INNER[1:-1])[crossed]] = middle
+
+    def to_work(self, points: np.ndarray) -> np.ndarray:
+        """Output pixels → working pixels (pixel centres kept aligned; depth scaled too)."""
+        kx, ky = self.work_per_output
+        out = np.array(points, np.float64)
+        out[:, 0] = (out[:, 0] + 0.5) * kx - 0.5
+        out[:, 1] = (out[:, 1] + 0.5) * ky - 0.5
+        if out.shape[1] > 2:
+            out[:, 2] *= kx
+        return out
+
+    def roi(self, dest: np.ndarray) -> Roi:
+        """The working-resolution box where anything moves (for dest, in working pixels)."""
+        used = np.unique(self.moving)
+        points = np.vstack([dest[used, :2], self.to_work(self.rest[used, :2])])
+        return Roi.around(points, 2.0, *self.work_size)
+
+    def output_box(self, roi: Roi) -> tuple[Roi, list[list[float]]]:
+        """The output pixels whose samples lie inside a working-resolution ROI, and the
+        output → working affine map that scales the patch up exactly as cv2.resize scales
+        the whole working frame (no seams). Shared with the torch generator."""
+        kx, ky = self.work_per_output
+        x0 = int(np.ceil((roi.x0 + 0.5) / kx - 0.5))
+        y0 = int(np.ceil((roi.y0 + 0.5) / ky - 0.5))
+        x1 = min(self.width, int(np.floor((roi.x1 - 1 + 0.5) / kx - 0.5)) + 1)
+        y1 = min(self.height, int(np.floor((roi.y1 - 1 + 0.5) / ky - 0.5)) + 1)
+        out = Roi(max(x0, 0), max(y0, 0), x1, y1)
+        inverse = [
+            [kx, 0.0, (out.x0 + 0.5) * kx - 0.5 - roi.x0],
+            [0.0, ky, (out.y0 + 0.5) * ky - 0.5 - roi.y0],
+        ]
+        return out, inverse
+
+    def _to_output(self, patch: np.ndarray, roi: Roi) -> tuple[Roi, np.ndarray]:
+        """Scale a working-resolution patch up to the output (see output_box)."""
+        if self.work_per_output == (1.0, 1.0):
+            return roi, patch
+        out, inverse = self.output_box(roi)
+        up = cv2.warpAffine(
+            patch,
+            np.float32(inverse),
+            (out.width, out.height),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        return out, up
+
+    # ------------------------------------------------------------ rendering
+
+    def render(self, motion: Motion, driver: DriverView | None = None) -> np.ndarray:
+        self.last_dest = self.deform(motion)
+        dest = self.to_work(self.last_dest)
+        unit = self.unit * self.work_per_output[0]
+        roi = self.roi(dest)
+        map_x, map_y, _ = warp_maps(
+            self.mesh.triangles,
+            dest[:, :2],
+            self.source,
+            roi,
+            depth=dest[:, 2],
+            scale=self.config.map_scale,
+        )
+        person = cv2.remap(
+            self.bgra, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
+        offset = np.array([roi.x0, roi.y0], np.float64)
+        for eyeball, (upper, lower, _, _) in zip(self.eyeballs, EYES, strict=True):
+            self._paint_eye(
+                person,
+                eyeball,
+                dest[upper, :2] - offset,
+                dest[lower, :2] - offset,
+                dest,
+                offset,
+                motion.gaze,
+            )
+        if not self.mesh.mouth_open_at_rest:
+            upper = dest[LIPS_UPPER_INNER, :2] - offset
+            lower = dest[LIPS_LOWER_INNER, :2] - offset
+            mouth = synthetic_mouth(
+                person.shape, upper, lower, self.mouth_colours, unit * motion.scale
+            )
+            if mouth is not None and driver is not None and self.uses_driver_pixels:
+                mouth = driver_mouth(mouth, upper, lower, driver)
+            if mouth is not None:
+                mouth.paint(person)
+        patch = _blend(self.background[roi.slices], person[:, :, :3], person[:, :, 3])
+        out_roi, patch = self._to_output(patch, roi)
+        frame = self.still.copy()
+        frame[out_roi.slices] = patch
+        return frame
+
+    def eye_maps(
+        self, eyeball: Eyeball, dest: np.ndarray, box_origin: np.ndarray, gaze: tuple[float, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Affine maps into an eye box whose top-left is `box_origin` (working pixels): from
+        the eyeball's white patch, and from its iris patch moved by the gaze (kept on the
+        white). Shared with the torch generator."""
+        outer, inner = eyeball.corners
+        to_box = _similarity(
+            (self.source[outer], self.source[inner]),
+            (dest[outer, :2] - box_origin, dest[inner, :2] - box_origin),
+        )
+        patch_to_box = to_box.copy()
+        patch_to_box[:, 2] += to_box[:, :2] @ eyeball.origin
+        shift = np.clip(
+            np.array(gaze) * eyeball.width,
+            (-0.22 * eyeball.width, -0.1 * eyeball.width),
+            (0.22 * eyeball.width, 0.1 * eyeball.width),
+        )
+        half = (eyeball.iris.shape[1] - 1) / 2
+        iris_to_box = to_box.copy()
+        iris_to_box[:, 2] += to_box[:, :2] @ (eyeball.iris_center + shift - half)
+        return patch_to_box, iris_to_box
+
+    def _paint_eye(
+        self,
+        person: np.ndarray,
+        eyeball: Eyeball,
+        upper: np.ndarray,
+        lower: np.ndarray,
+        dest: np.ndarray,
+        offset: np.ndarray,
+        gaze: tuple[float, float],
+    ) -> None:
+        polygon = np.vstack([upper, lower[-2:0:-1]])
+        (x0, y0) = np.floor(polygon.min(0)).astype(int) - 1
+        (x1, y1) = np.ceil(polygon.max(0)).astype(int) + 2
+        x0, y0 = max(x0, 0), max(y0, 0)
+        x1, y1 = min(x1, person.shape[1]), min(y1, person.shape[0])
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            return
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(
+            mask, [np.round((polygon - (x0, y0)) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4
+        )
+        if not mask.any():
+            return
+        patch_to_box, iris_to_box = self.eye_maps(eyeball, dest, offset + np.array([x0, y0]), gaze)
+        size = (x1 - x0, y1 - y0)
+        eye = cv2.warpAffine(
+            eyeball.sclera,
+            patch_to_box,
+            size,
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        iris = cv2.warpAffine(
+            eyeball.iris, iris_to_box, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
+        eye = _blend(eye, iris[:, :, :3], iris[:, :, 3])
+        _paint_over(person[y0:y1, x0:x1], eye, mask)
