@@ -333,7 +333,7 @@ def affine_sample(
 
 def blend(background: torch.Tensor, foreground: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """background · (1 − α) + foreground · α for an 8-bit α, each term rounded to a level as
-    mesh_generator._blend's cv2.multiply / cv2.add do (so the two agree to the level)."""
+    mesh_cpu._blend's cv2.multiply / cv2.add do (so the two agree to the level)."""
     front = torch.round(foreground * alpha * (1.0 / 255.0))
     back = torch.round(background * (255.0 - alpha) * (1.0 / 255.0))
     return (front + back).clamp_(max=255.0)

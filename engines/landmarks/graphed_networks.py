@@ -2,9 +2,9 @@
 
 Each face network is hundreds of small kernels. Launched one by one from Python, the
 launches, not the GPU, set the pace (several microseconds each). Captured once into a CUDA
-graph at the fixed batch a TensorRT engine would be built for (trt_landmarks.engine_batches),
+graph at the fixed batch a TensorRT engine would be built for (tensorrt.engine_batches),
 a frame launches each network whole. Like an engine, the graph reads a static input buffer
-and writes static outputs, so trt_landmarks.EngineModule does the padding, the copies and
+and writes static outputs, so tensorrt.EngineModule does the padding, the copies and
 the stream ordering for both. Off CUDA the runner runs the network eagerly on that buffer.
 """
 
@@ -29,7 +29,7 @@ _CAPTURE_LOCK = threading.Lock()
 
 
 class GraphRunner:
-    """A torch network behind the engine runner's interface (trt_landmarks.EngineRunner):
+    """A torch network behind the engine runner's interface (tensorrt.EngineRunner):
     a preallocated input buffer of `batch`; on CUDA the first run captures a graph that
     later runs replay, writing the same output tensors each time."""
 
