@@ -10,7 +10,7 @@ and a mouth interior, and the person is composited over a still background.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -146,6 +146,23 @@ def build_background(
     return _blend(blurred, framed, inside)
 
 
+def unmix_person(avatar: PreparedAvatar) -> PreparedAvatar:
+    """The avatar with the person's own colours where its mask is soft (hair, edges), and a
+    plate that completes them. There the avatar's pixels I mix the person with what was
+    behind: F = (I − (1 − α)·plate) / α un-mixes them, and where F had to be clipped the
+    plate takes the rest, plate' = (I − α·F) / (1 − α). Composited back, F over plate' is the
+    avatar's own picture at rest, and a moving edge no longer drags the old background along."""
+    alpha = avatar.person.astype(np.float32)[:, :, None] / 255.0
+    image = avatar.image.astype(np.float32)
+    plate = avatar.plate.astype(np.float32)
+    soft = (alpha > 0.0) & (alpha < 1.0)
+    unmixed = (image - (1.0 - alpha) * plate) / np.maximum(alpha, 1.0 / 255.0)
+    person = np.where(soft, np.clip(np.rint(unmixed), 0, 255), image)
+    completed = (image - alpha * person) / np.maximum(1.0 - alpha, 1.0 / 255.0)
+    plate = np.where(soft, np.clip(np.rint(completed), 0, 255), plate)
+    return replace(avatar, image=person.astype(np.uint8), plate=plate.astype(np.uint8))
+
+
 def _blend(background: np.ndarray, foreground: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """background · (1 − α) + foreground · α for an uint8 mask α, in 8-bit arithmetic (the
     frame's hottest loop: about twice as fast as per-pixel float weights)."""
@@ -190,7 +207,8 @@ class Eyeball:
     origin: np.ndarray  # (2,) top-left of the sclera patch
     sclera: np.ndarray  # BGR
     iris: np.ndarray  # BGRA, centred on the iris
-    iris_center: np.ndarray  # (2,)
+    iris_origin: np.ndarray  # (2,) top-left of the iris patch: whole pixels, so that at rest
+    # the iris lands on its own pixels, unresampled
     corners: tuple[int, int]  # landmark indices: outer, inner
     width: float  # corner to corner
 
@@ -226,10 +244,13 @@ def build_eyeball(
         4,
     )
     iris_alpha = cv2.min(disc, local_open)
-    sclera = cv2.inpaint(
-        patch, cv2.dilate(iris_alpha, np.ones((3, 3), np.uint8)), 3, cv2.INPAINT_TELEA
-    )
-    bgra = np.dstack([patch, cv2.GaussianBlur(iris_alpha, (3, 3), 0)])
+    painted_out = cv2.dilate(iris_alpha, np.ones((3, 3), np.uint8))
+    sclera = cv2.inpaint(patch, painted_out, 3, cv2.INPAINT_TELEA)
+    # The iris layer covers every pixel the inpainting changed, fading out only over the
+    # untouched white beyond: over the white the eye at rest is the avatar's own pixels.
+    alpha = cv2.GaussianBlur(cv2.dilate(painted_out, np.ones((3, 3), np.uint8)), (3, 3), 0)
+    alpha[painted_out > 0] = 255
+    bgra = np.dstack([patch, alpha])
     half = int(np.ceil(radius * 1.4))
     cx, cy = np.round(center - origin).astype(int)
     iris_patch = np.zeros((2 * half + 1, 2 * half + 1, 4), np.uint8)
@@ -238,7 +259,8 @@ def build_eyeball(
     iris_patch[sy0 - (cy - half) : sy1 - (cy - half), sx0 - (cx - half) : sx1 - (cx - half)] = bgra[
         sy0:sy1, sx0:sx1
     ]
-    return Eyeball(origin, sclera, iris_patch, center.astype(np.float64), corners, width)
+    iris_origin = origin + np.array([cx - half, cy - half], np.float64)
+    return Eyeball(origin, sclera, iris_patch, iris_origin, corners, width)
 
 
 def _similarity(
@@ -458,7 +480,8 @@ class MeshGenerator:
         self.rest = self.framing.apply(self.mesh.vertices)  # output pixels, with depth
         self.unit = eye_distance(self.rest[: len(avatar.points)])
         self.source = self.mesh.vertices[:, :2].astype(np.float64)
-        self.bgra = np.dstack([avatar.image, avatar.person])
+        self.layers = unmix_person(avatar)  # the person over its plate, edges un-mixed
+        self.bgra = np.dstack([self.layers.image, avatar.person])
         # Frames are drawn at the avatar's own resolution when the output enlarges it (the
         # detail is not there anyway) and scaled up once: a fraction of the pixel work.
         factor = min(1.0, 1.0 / self.framing.scale)
@@ -466,7 +489,7 @@ class MeshGenerator:
         self.work_per_output = (self.work_size[0] / width, self.work_size[1] / height)
         k = np.array(self.work_per_output)
         work_framing = Framing(self.framing.scale * k[0], (self.framing.offset + 0.5) * k - 0.5)
-        self.background = build_background(config, avatar, work_framing, *self.work_size)
+        self.background = build_background(config, self.layers, work_framing, *self.work_size)
         person = cv2.warpAffine(
             self.bgra,
             work_framing.matrix(),
@@ -690,9 +713,8 @@ class MeshGenerator:
             (-0.22 * eyeball.width, -0.1 * eyeball.width),
             (0.22 * eyeball.width, 0.1 * eyeball.width),
         )
-        half = (eyeball.iris.shape[1] - 1) / 2
         iris_to_box = to_box.copy()
-        iris_to_box[:, 2] += to_box[:, :2] @ (eyeball.iris_center + shift - half)
+        iris_to_box[:, 2] += to_box[:, :2] @ (eyeball.iris_origin + shift)
         return patch_to_box, iris_to_box
 
     def _paint_eye(
