@@ -120,12 +120,16 @@ class VirtualCamSinkConfig(Section):
 
 
 class FileSinkConfig(Section):
-    """Records the published video to an MP4 file."""
+    """Records the published video to a file: H.264 in .mp4, lossless FFV1 in .mkv."""
 
     type: Literal["file"]
-    path: str = Field(description="output file; relative paths are relative to the config file")
-    codec: str = Field(
-        "mp4v", min_length=4, max_length=4, description="FourCC of the OpenCV video codec"
+    path: str = Field(
+        description="output file (.mp4, .mkv, .mov); relative paths are relative to the config file"
+    )
+    codec: Literal["auto", "h264", "ffv1"] = Field(
+        "auto",
+        description="auto (by the file's extension: ffv1 for .mkv, else h264), h264 "
+        "(what every player plays) or ffv1 (lossless, .mkv)",
     )
 
 

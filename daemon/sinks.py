@@ -15,9 +15,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
+import av
 import cv2
 import numpy as np
 
@@ -182,12 +184,17 @@ class VirtualCamSink:
 
 
 class FileSink:
-    """An MP4 (or any OpenCV container) file at the output size and rate."""
+    """A video file at the output size and rate, written with PyAV (FFmpeg): H.264 (yuv420p,
+    CRF 18) that every player plays, or FFV1, lossless, for measuring against the avatar."""
+
+    H264_OPTIONS: ClassVar[dict[str, str]] = {"crf": "18", "preset": "veryfast"}
 
     def __init__(self, config: FileSinkConfig, output: OutputConfig):
         self.config, self.output = config, output
+        self.codec = file_codec(config)
         self.name = f"file({config.path})"
-        self._writer: cv2.VideoWriter | None = None
+        self._container: av.container.OutputContainer | None = None
+        self._stream: av.VideoStream | None = None
         self.frames_written = 0
 
     def open(self) -> None:
@@ -196,33 +203,65 @@ class FileSink:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(f"cannot create the folder {path.parent}: {exc.strerror}") from None
-        writer = cv2.VideoWriter(
-            str(path),
-            cv2.VideoWriter.fourcc(*self.config.codec),
-            self.output.fps,
-            (self.output.width, self.output.height),
-        )
-        if not writer.isOpened():
-            writer.release()
+        try:
+            with path.open("ab"):  # writable, and a file (av.open only finds out later)
+                pass
+            container = av.open(str(path), "w")
+        except (OSError, ValueError, av.FFmpegError) as exc:
             raise SinkError(
-                f"cannot write {path}: check that the folder is writable and the "
-                f"codec {self.config.codec!r} fits the file type"
-            )
-        self._writer = writer
+                f"cannot write {path} ({exc}); check that the folder is writable and the "
+                "file ends in .mp4, .mkv or .mov"
+            ) from None
+        try:
+            stream = self._add_stream(container)
+        except (ValueError, av.FFmpegError) as exc:
+            container.close()
+            raise SinkError(
+                f"cannot write {path} with {self.codec} ({exc}); use .mkv for ffv1, .mp4 for h264"
+            ) from None
+        stream.width, stream.height = self.output.width, self.output.height
+        self._container, self._stream = container, stream
+
+    def _add_stream(self, container: av.container.OutputContainer) -> av.VideoStream:
+        rate = Fraction(self.output.fps).limit_denominator(1001)
+        if self.codec == "ffv1":
+            stream = container.add_stream("ffv1", rate=rate)
+            stream.pix_fmt = "bgr0"  # lossless: the very pixels published
+        else:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.pix_fmt = "yuv420p"
+            stream.options = dict(self.H264_OPTIONS)
+        return stream
 
     def write(self, frame: np.ndarray) -> None:
-        if self._writer is None:
+        if self._container is None or self._stream is None:
             raise SinkError(f"{self.name} is not open")
         expected = (self.output.height, self.output.width, 3)
         if frame.shape != expected:
             raise SinkError(f"unexpected frame shape: {frame.shape} != {expected}")
-        self._writer.write(frame)
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
+        for packet in self._stream.encode(video_frame):
+            self._container.mux(packet)
         self.frames_written += 1
 
     def close(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.release()
+        container, self._container = self._container, None
+        stream, self._stream = self._stream, None
+        if container is None:
+            return
+        try:
+            if stream is not None:
+                for packet in stream.encode():  # the frames the encoder still holds
+                    container.mux(packet)
+        finally:
+            container.close()
+
+
+def file_codec(config: FileSinkConfig) -> str:
+    """The codec a file sink writes: the configured one, or by the file's extension."""
+    if config.codec != "auto":
+        return config.codec
+    return "ffv1" if Path(config.path).suffix.lower() == ".mkv" else "h264"
 
 
 class NullSink:

@@ -510,3 +510,63 @@ def test_sink_set_matches_duplicate_configs_one_to_one():
         assert second.status().state == "closed"
     finally:
         sinks.close()
+
+
+# ---------------------------------------------------------------- recordings
+
+
+def record(path: Path, frames: list[np.ndarray], codec: str = "auto") -> None:
+    sink = FileSink(FileSinkConfig(type="file", path=str(path), codec=codec), OUTPUT)
+    sink.open()
+    for frame in frames:
+        sink.write(frame)
+    sink.close()
+
+
+def noisy_frames(count: int) -> list[np.ndarray]:
+    """Frames no lossy codec keeps bit for bit (fine noise over a gradient)."""
+    rng = np.random.default_rng(7)
+    ramp = np.linspace(0, 200, WIDTH, dtype=np.float32)[None, :, None]
+    return [
+        np.clip(ramp + rng.normal(0, 20, (HEIGHT, WIDTH, 3)), 0, 255).astype(np.uint8)
+        for _ in range(count)
+    ]
+
+
+def test_mkv_recording_is_lossless_ffv1(tmp_path: Path) -> None:
+    import av
+
+    frames = noisy_frames(6)
+    path = tmp_path / "out.mkv"
+    record(path, frames)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name == "ffv1"
+    read, fps = read_video(path)
+    assert fps == 25 and len(read) == len(frames)
+    for written, back in zip(frames, read, strict=True):
+        assert np.array_equal(written, back)  # every pixel as published
+
+
+def test_mp4_recording_is_h264_and_close_to_the_frames(tmp_path: Path) -> None:
+    import av
+
+    frames = [cv2.GaussianBlur(f, (0, 0), 3) for f in noisy_frames(6)]  # what a camera shows
+    path = tmp_path / "out.mp4"
+    record(path, frames)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"  # not MPEG-4 part 2
+    read, fps = read_video(path)
+    assert fps == 25 and len(read) == len(frames)
+    assert max(mean_abs_diff(a, b) for a, b in zip(frames, read, strict=True)) < 3.0
+
+
+def test_codec_can_be_forced_whatever_the_extension(tmp_path: Path) -> None:
+    import av
+
+    path = tmp_path / "small.mkv"
+    record(path, noisy_frames(2), codec="h264")
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+    sink = FileSink(FileSinkConfig(type="file", path=str(tmp_path / "x.mov"), codec="ffv1"), OUTPUT)
+    with pytest.raises(SinkError, match=r"cannot write .*x\.mov.*ffv1"):
+        sink.open()
