@@ -94,9 +94,12 @@ class Framing:
 
 
 def frame_avatar(points: np.ndarray, size: tuple[int, int], width: int, height: int) -> Framing:
-    """Fill the output with the avatar (cover), unless that would make the face too big;
-    the face centred across and a little above the middle."""
+    """At the avatar's own size (an odd side one pixel short: video sizes are even), one
+    output pixel per avatar pixel. Else fill the output with the avatar (cover), unless that
+    would make the face too big; the face centred across and a little above the middle."""
     img_w, img_h = size
+    if 0 <= img_w - width <= 1 and 0 <= img_h - height <= 1:
+        return Framing(1.0, np.zeros(2))
     face = points[:N_FACE, :2]
     face_height = float(np.ptp(face[:, 1]))
     scale = min(max(width / img_w, height / img_h), FACE_HEIGHT_SHARE * height / face_height)
