@@ -121,7 +121,7 @@ def test_render_errors_are_one_clear_line(tmp_path, face_image):
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"talking-head-cam: avatar.image: {tmp_path / 'missing.png'}"
+        f"talking-head-cam: --avatar: {tmp_path / 'missing.png'}"
         " not found; fix the path or use 'default'"
     )
 
