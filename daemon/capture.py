@@ -122,15 +122,18 @@ class CameraReader:
 
 
 class VideoFileReader:
-    """Every frame of a video file, in order (also used by `render`)."""
+    """Every frame of a video file, in order (also used by `render`, whose errors name the
+    argument that gave the file as `field`)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, field: str = "capture.source"):
         if not Path(path).is_file():
-            raise CaptureError(f"video file {path} not found; fix capture.source")
+            raise CaptureError(f"video file {path} not found; fix {field}")
         self._cap = cv2.VideoCapture(path)
         if not self._cap.isOpened():
             self._cap.release()
-            raise CaptureError(f"cannot decode video file {path}; use an MP4/MKV/AVI file")
+            raise CaptureError(
+                f"cannot decode video file {path}; use an MP4/MKV/AVI file for {field}"
+            )
         rate = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps: float | None = rate if 0 < rate < 1000 else None
         self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))

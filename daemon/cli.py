@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import urllib.error
@@ -19,18 +20,34 @@ from pathlib import Path
 from typing import Any
 
 from daemon import test_support
+from daemon.cli_args import (
+    OneLineParser,
+    add_config_after,
+    merge_config_after,
+    seconds,
+    whole_number,
+)
 from daemon.config import (
     Config,
     connect_host,
     find_config_path,
     load_config,
+    missing_files,
     runtime_file_path,
     validate_config,
 )
-from daemon.errors import AvatarError, ConfigError, DaemonNotRunning, TalkingHeadCamError
+from daemon.errors import (
+    AvatarError,
+    ConfigError,
+    DaemonNotRunning,
+    TalkingHeadCamError,
+    UsageError,
+)
 from daemon.native_stderr import filter_native_stderr
 
 log = logging.getLogger(__name__)
+
+MAX_DEMO_S = 3600.0  # --seconds: an hour of demo is plenty (and seconds × fps stays finite)
 
 
 def setup_logging(level: str = "info") -> None:
@@ -62,8 +79,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    path = find_config_path(args.file)
-    load_config(path)
+    """Validate the file, and check that the files it names are there (`run` would start
+    without them and report them as it runs)."""
+    if args.file and args.config and args.file != args.config:
+        raise UsageError(
+            f"check-config: two files ({args.file} and --config {args.config}); give one"
+        )
+    path = find_config_path(args.file or args.config)
+    problems = missing_files(load_config(path))
+    if problems:
+        raise ConfigError(str(path), problems)
     print(f"{path}: valid")
     return 0
 
@@ -83,11 +108,16 @@ def cmd_avatar_prepare(args: argparse.Namespace) -> int:
     from engines.generator.avatar_prep import overlay, prepare_avatar
     from engines.generator.mesh import build_mesh
 
+    out = Path(args.out) if args.out else Path(args.image).with_suffix(".prepared.png")
+    check_image_out(out)
     prepared = prepare_avatar(args.image)
     height, width = prepared.image.shape[:2]
     mesh = build_mesh(prepared.points, width, height)
-    out = Path(args.out) if args.out else Path(args.image).with_suffix(".prepared.png")
-    if not cv2.imwrite(str(out), overlay(prepared, mesh.triangles, mesh.vertices)):
+    try:
+        written = cv2.imwrite(str(out), overlay(prepared, mesh.triangles, mesh.vertices))
+    except cv2.error:
+        written = False
+    if not written:
         raise AvatarError(f"cannot write {out}; choose another --out")
     person = float((prepared.person > 127).mean())
     print(
@@ -96,6 +126,22 @@ def cmd_avatar_prepare(args: argparse.Namespace) -> int:
         f"{'open' if mesh.mouth_open_at_rest else 'closed'} at rest; overlay: {out}"
     )
     return 0
+
+
+def check_image_out(out: Path) -> None:
+    """--out before the slow preparation: a type OpenCV can write, in a folder that exists."""
+    import cv2
+
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; name a .png file in it")
+    if not cv2.haveImageWriter(str(out)):
+        kind = f"{out.suffix} files" if out.suffix else "a file without an extension"
+        raise UsageError(f"--out {out}: OpenCV cannot write {kind}; use .png (or .jpg)")
+    if not out.parent.is_dir():
+        raise UsageError(
+            f"--out {out}: the folder {out.parent} does not exist; "
+            "create it or choose another --out"
+        )
 
 
 # ---------------------------------------------------------------- the running daemon's API
@@ -301,31 +347,48 @@ def cmd_config_doc(args: argparse.Namespace) -> int:
 
 
 def override_output(config: Config, args: argparse.Namespace) -> Config:
-    """--avatar/--width/--height on render and demo, validated like the file itself."""
+    """--avatar/--width/--height on render and demo, validated like the file itself, each
+    problem named as the argument that caused it."""
+    from engines.generator.avatar import load_avatar
+
     data = config.model_dump()
-    if getattr(args, "avatar", None):
-        data["avatar"]["image"] = str(Path(args.avatar).resolve())
+    avatar = getattr(args, "avatar", None)
+    if avatar:
+        if avatar != "default":
+            avatar = str(Path(avatar).resolve())
+            load_avatar(avatar, "--avatar")  # fails naming the argument, not avatar.image
+        data["avatar"]["image"] = avatar
     for key in ("width", "height"):
-        if getattr(args, key, None):
+        if getattr(args, key, None) is not None:
             data["output"][key] = getattr(args, key)
-    return validate_config(data, "command line")
+    try:
+        return validate_config(data, "command line")
+    except ConfigError as exc:
+        problems = [re.sub(r"^output\.(width|height):", r"--\1:", p) for p in exc.problems]
+        raise UsageError("; ".join(problems)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="talking-head-cam", description=__doc__.splitlines()[0])
+    """The CLI; every command that reads the config takes --config before or after it."""
+    parser = OneLineParser(prog="talking-head-cam", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--config",
+        metavar="FILE",
         help="config file (default: $XDG_CONFIG_HOME/"
         "talking-head-cam/config.yaml, else the packaged default)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("run", help="run the daemon (foreground; systemd runs this)").set_defaults(
-        func=cmd_run
-    )
+    run = sub.add_parser("run", help="run the daemon (foreground; systemd runs this)")
+    add_config_after(run)
+    run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate a config file without starting")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file without starting, and check the files it names exist",
+    )
     check.add_argument("file", nargs="?", help="the file (default: the one `run` would use)")
+    add_config_after(check)
     check.set_defaults(func=cmd_check_config)
 
     render = sub.add_parser(
@@ -336,20 +399,27 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", required=True, help="output video (.mp4)")
     render.add_argument(
         "--neutral-frame",
-        type=int,
+        type=whole_number(0),
         default=0,
         metavar="N",
         help="driver frame (0-based) with the neutral face (default: the first tracked one)",
     )
     _size_args(render)
+    add_config_after(render)
     render.set_defaults(func=cmd_render)
 
     demo = sub.add_parser("demo", help="render a demo video; needs no camera, GPU or v4l2loopback")
     demo.add_argument("--out", default="out/demo.mp4", help="output video (default: %(default)s)")
-    demo.add_argument("--seconds", type=float, default=8.0, help="length (default: %(default)s)")
+    demo.add_argument(
+        "--seconds",
+        type=seconds(zero_ok=False, maximum=MAX_DEMO_S),
+        default=8.0,
+        help="length (default: %(default)s)",
+    )
     demo.add_argument("--driver", help="render this driving video instead, shown side by side")
     demo.add_argument("--avatar", help="avatar image (default: the embedded one)")
     _size_args(demo)
+    add_config_after(demo)
     demo.set_defaults(func=cmd_demo)
 
     avatar = sub.add_parser("avatar", help="avatar images").add_subparsers(
@@ -365,22 +435,29 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(func=cmd_avatar_prepare)
     use = avatar.add_parser("use", help="switch the running daemon to a gallery avatar")
     use.add_argument("name", help="the avatar's gallery name ('default': the embedded one)")
+    add_config_after(use)
     use.set_defaults(func=cmd_avatar_use)
-    avatar.add_parser(
+    listing = avatar.add_parser(
         "list", help="the running daemon's avatar gallery (* marks the one in use)"
-    ).set_defaults(func=cmd_avatar_list)
+    )
+    add_config_after(listing)
+    listing.set_defaults(func=cmd_avatar_list)
 
     status = sub.add_parser(
         "status", help="the running daemon's state, fps, per-stage latency, sinks and peers"
     )
     status.add_argument("--json", action="store_true", help="print the API's JSON")
+    add_config_after(status)
     status.set_defaults(func=cmd_status)
 
-    sub.add_parser(
+    calibrate = sub.add_parser(
         "calibrate", help="tell the running daemon to take your current face as the neutral"
-    ).set_defaults(func=cmd_calibrate)
+    )
+    add_config_after(calibrate)
+    calibrate.set_defaults(func=cmd_calibrate)
 
     doctor = sub.add_parser("doctor", help="check the machine and explain what is wrong")
+    add_config_after(doctor)
     doctor.set_defaults(func=cmd_doctor)
 
     engines = sub.add_parser(
@@ -389,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         "TensorRT engines where TensorRT and an NVIDIA GPU are present",
     )
     engines.add_argument("--out", help="engine cache folder (default: engine_cache_dir)")
+    add_config_after(engines)
     engines.set_defaults(func=cmd_engines)
 
     doc = sub.add_parser(
@@ -408,7 +486,9 @@ def _size_args(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     filter_native_stderr()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    merge_config_after(parser, args)
     if args.command != "run":
         setup_logging("warning")
     try:

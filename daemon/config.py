@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from daemon import test_support
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, ConfigFileError
 from engines.generator.config import GeneratorConfig, MeshGeneratorConfig, StillGeneratorConfig
 from engines.landmarks.config import MediaPipeTrackingConfig, TrackingConfig
 from engines.motion.config import MotionConfig
@@ -40,6 +40,9 @@ DEFAULT_LABEL = "Talking Head Cam"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _DEVICE_RE = re.compile(r"^/dev/video\d+$")
 _TOKEN_RE = re.compile(r"^[!-~]{16,}$")
+_NOT_FOUND = "file not found; pass an existing file to --config"
+_A_FOLDER = "is a folder; pass a config file (YAML) to --config"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class CaptureConfig(Section):
@@ -320,8 +323,14 @@ def find_config_path(
     """Search order: --config, $XDG_CONFIG_HOME/talking-head-cam/config.yaml, packaged default."""
     if cli_path is not None:
         path = Path(cli_path)
-        if not path.is_file():
-            raise ConfigError(str(path), ["file not found; pass an existing file to --config"])
+        if path.is_dir():
+            raise ConfigFileError(str(path), _A_FOLDER)
+        if not path.exists():
+            raise ConfigFileError(str(path), _NOT_FOUND)
+        if not path.is_file():  # a FIFO or a device: reading it could block forever
+            raise ConfigFileError(
+                str(path), "is not a regular file; pass a config file (YAML) to --config"
+            )
         return path
     user = user_config_path(env)
     return user if user.is_file() else packaged_default_path()
@@ -352,7 +361,54 @@ def parse_yaml(text: str, source: str) -> tuple[dict[str, Any], yaml.Node | None
         return {}, None
     if not isinstance(data, dict):
         raise ConfigError(source, [f"top level: expected a mapping of sections, got {_kind(data)}"])
+    duplicates = duplicate_keys(node)
+    if duplicates:
+        raise ConfigError(source, duplicates)
     return data, node
+
+
+def duplicate_keys(root: yaml.Node | None) -> list[str]:
+    """Keys written twice in one mapping, each as `key.path: written twice (lines A and B)`:
+    PyYAML silently keeps the last, so what the first one set would be lost unseen."""
+    found: list[tuple[int, str]] = []
+    visited: set[int] = set()  # aliases share nodes: each is walked once (no alias bombs)
+    stack: list[tuple[yaml.Node | None, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if node is None or id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*path, str(i))) for i, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            found.extend(_twice_in_mapping(node, path))
+            stack.extend(
+                (value, (*path, key.value))
+                for key, value in node.value
+                if isinstance(key, yaml.ScalarNode)
+            )
+    return [problem for _, problem in sorted(found)]
+
+
+def _twice_in_mapping(node: yaml.MappingNode, path: tuple[str, ...]) -> list[tuple[int, str]]:
+    """(line, problem) for each key of this mapping that an earlier key already set."""
+    constructor = yaml.constructor.SafeConstructor()
+    first_line: dict[Any, int] = {}
+    found = []
+    for key, value in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+            continue  # a merge (`<<: *base`) may be overridden: that is what it is for
+        line = key.start_mark.line + 1
+        name = constructor.construct_object(key)  # as PyYAML compares them: `1` is `01`
+        if name not in first_line:
+            first_line[name] = line
+            continue
+        where = _CONTROL_RE.sub(lambda m: repr(m[0])[1:-1], ".".join((*path, key.value)))
+        first = first_line[name]
+        lines = f"both on line {line}" if first == line else f"lines {first} and {line}"
+        fix = "merge the two into one" if isinstance(value, yaml.MappingNode) else "keep one"
+        found.append((line, f"{where}: written twice ({lines}); {fix}"))
+    return found
 
 
 def config_model() -> type[Config]:
@@ -392,11 +448,17 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            str(path), ["file not found; pass an existing file to --config"]
+        raise ConfigFileError(str(path), _NOT_FOUND) from None
+    except IsADirectoryError:
+        raise ConfigFileError(str(path), _A_FOLDER) from None
+    except OSError as exc:
+        raise ConfigFileError(
+            str(path), f"cannot read the file ({exc.strerror}); pass a readable file to --config"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [f"cannot read the file: {exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(
+            str(path), f"cannot read the file: not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
     data, node = parse_yaml(text, str(path))
     return resolve_paths(validate_config(data, str(path), node), path.resolve().parent)
 
@@ -450,6 +512,43 @@ def resolve_paths(config: Config, base: Path) -> Config:
             "engine_cache_dir": engine_cache,
         }
     )
+
+
+def missing_files(config: Config) -> list[str]:
+    """The files a loaded config names that are not there, one problem per field. Not part of
+    validation (which stays pure): `check-config` asks for it, while `run` starts anyway and
+    reports a missing camera or avatar as it runs."""
+    named = [("capture.source", _source_file(config.capture.source))]
+    if config.avatar.image != "default":
+        named.append(("avatar.image", config.avatar.image))
+    generator = config.generator
+    if isinstance(generator, MeshGeneratorConfig) and generator.background == "image":
+        named.append(("generator.background_image", generator.background_image))
+    return [
+        f"{field}: {problem}" for field, path in named if (problem := _file_problem(field, path))
+    ]
+
+
+def _source_file(source: int | str) -> str | None:
+    """capture.source when it names a file (not a camera, nor a test support source)."""
+    if isinstance(source, int) or source == "auto" or source.startswith("/dev/"):
+        return None
+    support = test_support.loaded()
+    return None if support is not None and support.claims_source(source) else source
+
+
+_MISSING_FILE_FIX = {
+    "capture.source": "fix the path, or use auto for a camera",
+    "avatar.image": "fix the path or use 'default'",
+}
+
+
+def _file_problem(field: str, path: str | None) -> str | None:
+    if path is None or Path(path).is_file():
+        return None
+    if Path(path).is_dir():
+        return f"{path} is a folder; name a file in it"
+    return f"{path} not found; {_MISSING_FILE_FIX.get(field, 'fix the path')}"
 
 
 # ---------------------------------------------------------------- error wording

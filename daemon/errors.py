@@ -9,11 +9,13 @@ __all__ = [
     "AvatarError",
     "CaptureError",
     "ConfigError",
+    "ConfigFileError",
     "DaemonNotRunning",
     "DeviceError",
     "EngineUnavailable",
     "SinkError",
     "TalkingHeadCamError",
+    "UsageError",
 ]
 
 
@@ -25,7 +27,27 @@ class ConfigError(TalkingHeadCamError):
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = problems
-        super().__init__(f"{source}: invalid config\n" + "\n".join(f"  {p}" for p in problems))
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return f"{self.source}: invalid config\n" + "\n".join(f"  {p}" for p in self.problems)
+
+
+class ConfigFileError(ConfigError):
+    """The config file itself cannot be used (missing, a folder, unreadable): nothing in it
+    to list, so one line that names the file and the fix."""
+
+    def __init__(self, source: str, problem: str):
+        super().__init__(source, [problem])
+
+    def _message(self) -> str:
+        return f"{self.source}: {self.problems[0]}"
+
+
+class UsageError(TalkingHeadCamError):
+    """A command-line argument cannot be used; the message names it and the fix."""
+
+    exit_code = 2
 
 
 class CaptureError(TalkingHeadCamError):

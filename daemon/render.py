@@ -56,7 +56,7 @@ def render_video(
     is the first tracked frame, or frame `neutral_frame` (0-based) of the driver. With
     `side_by_side` the driver video is shown left of the avatar (a demo: it shows the driver's
     face, which the live daemon never publishes)."""
-    reader = VideoFileReader(driver)
+    reader = VideoFileReader(driver, "--driver")
     config = _with_fps(config, reader.fps or FALLBACK_FPS)
     pipeline = build_pipeline(config, RollingStats())
     out_config = _side_by_side_config(config, reader) if side_by_side else config
@@ -102,7 +102,7 @@ def _beside(driver: np.ndarray, avatar: np.ndarray, width: int) -> np.ndarray:
 
 
 def _set_neutral_from_frame(pipeline: Pipeline, driver: str, index: int) -> None:
-    reader = VideoFileReader(driver)
+    reader = VideoFileReader(driver, "--driver")
     try:
         for _ in range(index):
             if reader.read() is None:

@@ -107,7 +107,7 @@ def test_render_errors_are_one_clear_line(tmp_path, face_image):
     result = cli("render", "--driver", str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "o.mp4"))
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"talking-head-cam: video file {tmp_path / 'nope.mp4'} not found; fix capture.source"
+        f"talking-head-cam: video file {tmp_path / 'nope.mp4'} not found; fix --driver"
     )
     driver = write_video(tmp_path / "d.mp4", face_image, frames=2, fps=10)
     result = cli(
@@ -121,7 +121,7 @@ def test_render_errors_are_one_clear_line(tmp_path, face_image):
     )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"talking-head-cam: avatar.image: {tmp_path / 'missing.png'}"
+        f"talking-head-cam: --avatar: {tmp_path / 'missing.png'}"
         " not found; fix the path or use 'default'"
     )
 

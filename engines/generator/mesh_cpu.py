@@ -126,7 +126,9 @@ def build_background(
     if config.background == "color":
         return np.full((height, width, 3), config.background_bgr(), np.uint8)
     if config.background == "image":
-        return _cover(load_avatar(str(config.background_image)), width, height)
+        return _cover(
+            load_avatar(str(config.background_image), "generator.background_image"), width, height
+        )
     plate = avatar.plate
     blurred = cv2.GaussianBlur(_cover(plate, width, height), (0, 0), 25)
     if config.background == "blur":

@@ -15,7 +15,15 @@ import json
 import sys
 from collections.abc import Sequence
 
+from daemon.capture import VideoFileReader
 from daemon.cli import load_config_arg, override_output, setup_logging
+from daemon.cli_args import (
+    OneLineParser,
+    add_config_after,
+    merge_config_after,
+    seconds,
+    whole_number,
+)
 from daemon.errors import ConfigError, TalkingHeadCamError
 from daemon.native_stderr import filter_native_stderr
 
@@ -23,7 +31,9 @@ from daemon.native_stderr import filter_native_stderr
 def cmd_eval(args: argparse.Namespace) -> int:
     from thc_tools.evaluate import evaluate
 
-    result = evaluate(override_output(load_config_arg(args.config), args), args.driver)
+    config = override_output(load_config_arg(args.config), args)
+    VideoFileReader(args.driver, "--driver").close()  # a bad --driver named as such
+    result = evaluate(config, args.driver)
     print(json.dumps(result.as_dict()) if args.json else result.format_table())
     return 0
 
@@ -45,10 +55,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m thc_tools", description=__doc__.splitlines()[0]
+    parser = OneLineParser(prog="python -m thc_tools", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", metavar="FILE", help="config file (default: the one `run` would use)"
     )
-    parser.add_argument("--config", help="config file (default: the one `run` would use)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     evaluate = sub.add_parser(
@@ -59,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--width", type=int, default=512, help="output width (default: 512)")
     evaluate.add_argument("--height", type=int, default=512, help="output height (default: 512)")
+    add_config_after(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
     bench = sub.add_parser(
@@ -67,13 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--frames",
-        type=int,
+        type=whole_number(1),
         default=300,
         help="driver frames per unpaced run (default: %(default)s)",
     )
     bench.add_argument(
         "--paced-s",
-        type=float,
+        type=seconds(zero_ok=True),
         default=5.0,
         metavar="S",
         help="seconds of the daemon paced at the output rate, per thread setting "
@@ -81,26 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--warp-runs",
-        type=int,
+        type=whole_number(0),
         default=200,
         metavar="N",
         help="timed runs of our warp (0: skip the warp comparison; default: %(default)s)",
     )
     bench.add_argument(
         "--skimage-runs",
-        type=int,
+        type=whole_number(0),
         default=3,
         metavar="N",
         help="timed runs of scikit-image's warp, ~1 s each (0: skip; default: %(default)s)",
     )
     bench.add_argument(
         "--engine-frames",
-        type=int,
+        type=whole_number(0),
         default=100,
         metavar="N",
         help="frames per engine (cpu, cuda, tensorrt) at 720p and 1080p, side by side "
         "(0: skip; default: %(default)s)",
     )
+    add_config_after(bench)
     bench.set_defaults(func=cmd_bench)
 
     return parser
@@ -108,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     filter_native_stderr()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    merge_config_after(parser, args)
     setup_logging("warning")
     try:
         return args.func(args)
