@@ -151,12 +151,17 @@ def build_background(
     return _blend(blurred, framed, inside)
 
 
+PLATE_COMPLETES_BELOW = 0.75
+
+
 def unmix_person(avatar: PreparedAvatar) -> PreparedAvatar:
     """The avatar with the person's own colours where its mask is soft (hair, edges), and a
     plate that completes them. There the avatar's pixels I mix the person with what was
     behind: F = (I − (1 − α)·plate) / α un-mixes them, and where F had to be clipped the
-    plate takes the rest, plate' = (I − α·F) / (1 − α). Composited back, F over plate' is the
-    avatar's own picture at rest, and a moving edge no longer drags the old background along."""
+    plate takes the rest, plate' = (I − α·F) / (1 − α), where α < PLATE_COMPLETES_BELOW (above
+    it the division blows the rest up into a line that shows when the head moves off it).
+    Composited back, F over plate' is the avatar's own picture at rest (≥ 40 dB in the head),
+    and a moving edge no longer drags the old background along."""
     alpha = avatar.person.astype(np.float32)[:, :, None] / 255.0
     image = avatar.image.astype(np.float32)
     plate = avatar.plate.astype(np.float32)
@@ -164,7 +169,8 @@ def unmix_person(avatar: PreparedAvatar) -> PreparedAvatar:
     unmixed = (image - (1.0 - alpha) * plate) / np.maximum(alpha, 1.0 / 255.0)
     person = np.where(soft, np.clip(np.rint(unmixed), 0, 255), image)
     completed = (image - alpha * person) / np.maximum(1.0 - alpha, 1.0 / 255.0)
-    plate = np.where(soft, np.clip(np.rint(completed), 0, 255), plate)
+    completes = soft & (alpha < PLATE_COMPLETES_BELOW)
+    plate = np.where(completes, np.clip(np.rint(completed), 0, 255), plate)
     return replace(avatar, image=person.astype(np.uint8), plate=plate.astype(np.uint8))
 
 
