@@ -110,9 +110,8 @@ def akd(found: np.ndarray | None, real: np.ndarray, fallback: np.ndarray) -> flo
     return float(distance / eye_distance(real))
 
 
-def frame_scores(
-    out: np.ndarray, real: np.ndarray, real_points: np.ndarray, out_points: np.ndarray | None
-) -> dict[str, float]:
+def frame_scores(out: np.ndarray, real: np.ndarray, real_points: np.ndarray) -> dict[str, float]:
+    """The pixel scores of one output frame against the real one (AKD is added apart)."""
     head = head_mask(real_points, real.shape)
     return {
         "psnr": psnr(out, real, head),
@@ -120,7 +119,6 @@ def frame_scores(
         "l1": float(np.abs(out.astype(np.float64) - real)[head].mean()),
         "lips_psnr": psnr(out, real, box_mask(real_points, LIPS, real.shape)),
         "eyes_psnr": psnr(out, real, box_mask(real_points, EYES_AND_BROWS + EYEBROWS, real.shape)),
-        "akd": np.nan if out_points is None else akd(out_points, real_points, out_points),
     }
 
 
@@ -205,6 +203,7 @@ def reenact_frames(
     if first_points is None:
         raise TalkingHeadCamError(f"{name}: no face in frame 0")
     outputs = {
+        "real": real,
         "ours": list(render(run_config, real, fps)),
         "still": [real[0]] * len(real),
         "similarity": [
@@ -215,12 +214,14 @@ def reenact_frames(
         ],
     }
     per_frame: dict[str, list[dict[str, float]]] = {}
-    for method, images in outputs.items():
+    for method in METHODS:
+        images = outputs[method]
         found = track(images)
         per_frame[method] = [
-            frame_scores(out, truth, points, found_points if found_points is not None else None)
-            | {"akd": akd(found_points, points, first_points)}
-            for out, truth, points, found_points in zip(images, real, real_points, found, strict=True)
+            frame_scores(out, truth, points) | {"akd": akd(found_points, points, first_points)}
+            for out, truth, points, found_points in zip(
+                images, real, real_points, found, strict=True
+            )
             if points is not None
         ]
     scores = {
@@ -233,13 +234,17 @@ def reenact_frames(
     return result, outputs
 
 
-def contact_sheet(path: Path, real: Sequence[np.ndarray], ours: Sequence[np.ndarray]) -> Path:
+def contact_sheet(path: Path, outputs: dict[str, list[np.ndarray]]) -> Path:
     """Real frames above, ours below, at SHEET_FRAMES evenly spaced frames."""
+    real, ours = outputs["real"], outputs["ours"]
     picks = np.linspace(0, len(real) - 1, SHEET_FRAMES).round().astype(int)
     scale = SHEET_HEIGHT / real[0].shape[0]
 
     def row(images: Sequence[np.ndarray]) -> np.ndarray:
-        tiles = [cv2.resize(images[i], None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for i in picks]
+        tiles = [
+            cv2.resize(images[i], None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            for i in picks
+        ]
         return np.hstack(tiles)
 
     sheet = np.vstack([row(real), row(ours)])
@@ -273,11 +278,16 @@ def clips(data: Path) -> Iterable[tuple[str, list[np.ndarray], float]]:
 
 def targets(results: Sequence[ClipResult]) -> list[str]:
     """The issue's realism targets, each with what was measured."""
-    mean = {m: {k: float(np.mean([r.scores[m][k] for r in results])) for k in SCORES} for m in METHODS}
+    mean = {
+        m: {k: float(np.mean([r.scores[m][k] for r in results])) for k in SCORES} for m in METHODS
+    }
     beats = [
         r.name
         for r in results
-        if all(r.scores["ours"][k] > max(r.scores[b][k] for b in ("still", "similarity")) for k in ("psnr", "ssim"))
+        if all(
+            r.scores["ours"][k] > max(r.scores[b][k] for b in ("still", "similarity"))
+            for k in ("psnr", "ssim")
+        )
         and r.scores["ours"]["akd"] < min(r.scores[b]["akd"] for b in ("still", "similarity"))
     ]
     gain = mean["ours"]["psnr"] - mean["still"]["psnr"]
@@ -319,15 +329,21 @@ def format_report(results: Sequence[ClipResult], seconds: float, data: Path) -> 
         )
 
     for result in results:
-        lines.append(f"| {result.name} | {result.scored}/{result.frames} | {cells(result.scores)} |")
-    mean = {m: {k: float(np.mean([r.scores[m][k] for r in results])) for k in SCORES} for m in METHODS}
+        lines.append(
+            f"| {result.name} | {result.scored}/{result.frames} | {cells(result.scores)} |"
+        )
+    mean = {
+        m: {k: float(np.mean([r.scores[m][k] for r in results])) for k in SCORES} for m in METHODS
+    }
     lines.append(f"| **mean** | | {cells(mean)} |")
     lines += ["", "Contact sheets (real above, ours below):", ""]
     lines += [f"- {r.name}: ![{r.name}]({r.sheet.name})" for r in results if r.sheet is not None]
     return "\n".join(lines) + "\n"
 
 
-def write_report(config: Config, data: Path, out_dir: Path, progress: Callable[[str], None] = print) -> Path:
+def write_report(
+    config: Config, data: Path, out_dir: Path, progress: Callable[[str], None] = print
+) -> Path:
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -335,19 +351,17 @@ def write_report(config: Config, data: Path, out_dir: Path, progress: Callable[[
         for name, frames, fps in clips(data):
             progress(f"{name}: {len(frames)} frames")
             result, outputs = reenact_frames(config, name, frames, fps, Path(tmp))
-            result.sheet = contact_sheet(out_dir / f"reenact_{name}.png", outputs["still"][:0] or [f[: result_height(outputs)] for f in frames], outputs["ours"])
+            result.sheet = contact_sheet(out_dir / f"reenact_{name}.png", outputs)
             results.append(result)
     report = out_dir / "reenact.md"
     report.write_text(format_report(results, time.monotonic() - started, data))
     return report
 
 
-def result_height(outputs: dict[str, list[np.ndarray]]) -> int:
-    return outputs["ours"][0].shape[0]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m thc_tools.reenact", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m thc_tools.reenact", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--data", default="../shared/data", help="dev data (default: %(default)s)")
     parser.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
     parser.add_argument("--config", help="config file (default: the one `run` would use)")
