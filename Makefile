@@ -68,10 +68,13 @@ gpu-wheels:
 bench-webrtc: install
 	$(BIN)/python tests/bench_webrtc.py
 
-# Dev clips × a few avatars → reports/eval.md + plots (skips when ../shared/data is absent).
+# Dev clips × a few avatars → reports/eval.md + plots, and self-reenactment (each clip's frame 0
+# animated by the clip, scored against the real frames) → reports/reenact.md + contact sheets
+# (both skip when ../shared/data is absent).
 DATA ?= ../shared/data
 eval: install
 	$(TOOLS) -m thc_tools.evaluate --config config.yaml --data $(DATA) --out reports
+	$(TOOLS) -m thc_tools.reenact --config config.yaml --data $(DATA) --out reports
 
 # ruff, and the import contracts of pyproject.toml (the layers, no cycles; tests/test_architecture.py
 # runs them in `make test` too).
