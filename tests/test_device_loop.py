@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from daemon.config import MotionConfig
+from daemon.config import Config, MotionConfig
 from daemon.frames import CapturedFrame, OutputFrame
-from daemon.pipeline import FrameLoop, FrameRelay, Pipeline
+from daemon.pipeline import FrameLoop, FrameRelay, Pipeline, build_pipeline
 from daemon.sinks import SinkSet
 from daemon.stats import RollingStats
 from engines.generator.avatar_prep import prepare_avatar
@@ -322,9 +322,21 @@ def test_a_remote_peers_frames_drop_what_was_in_flight(face_points) -> None:
     assert [f.index for f in (local[2], remote, resumed[2])] == [0, 1, 2]
 
 
-def test_the_cpu_engines_pipeline_has_no_device() -> None:
+def test_the_cpu_engines_keep_the_synchronous_loop() -> None:
+    """MediaPipe + OpenCV (engines: cpu): no device, so each step publishes the frame made
+    from its own driver frame, as before."""
     stats = RollingStats()
-    pipeline = Pipeline(CodeGenerator(), stats, WIDTH, HEIGHT)
-    assert pipeline.device is None  # no tracker: the CPU path (FrameLoop unchanged)
-    pipeline.set_detector(HostTracker(np.zeros((478, 3), np.float32)))
-    assert pipeline.device is None
+    config = Config.model_validate({"output": {"width": WIDTH, "height": HEIGHT}})
+    pipeline = build_pipeline(config, stats)
+    clock = Clock()
+    driver = CapturedFrame(camera_frame(0), clock.t, 0)
+    loop = FrameLoop(ScriptedCapture([driver]), pipeline, SinkSet(stats), FPS, stats, clock)
+    try:
+        assert pipeline.device is None
+        frame = loop.step()
+    finally:
+        pipeline.close()
+    assert frame is not None and frame.t_capture == driver.t_capture and frame.index == 0
+    assert loop.finish() == []
+    assert "upload" not in stats.summary()
+    assert Pipeline(CodeGenerator(), stats, WIDTH, HEIGHT).device is None  # no tracker
