@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,10 +24,15 @@ from daemon.frames import CapturedFrame, OutputFrame
 from daemon.sinks import SinkSet
 from daemon.stats import RollingStats
 from engines.generator.build import build_generator
-from engines.generator.interface import DriverView, Generator, letterbox
+from engines.generator.interface import DeviceGenerator, DriverView, Generator, letterbox
 from engines.landmarks.build import build_landmarks
-from engines.landmarks.interface import LandmarkDetector, Landmarks
+from engines.landmarks.interface import DeviceLandmarkDetector, LandmarkDetector, Landmarks
 from engines.motion.estimator import Motion, MotionEstimator
+
+if TYPE_CHECKING:
+    import torch
+
+    from daemon.device_loop import DeviceFrames
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +164,30 @@ class Pipeline:
             )
         return image
 
+    @property
+    def device(self) -> str | None:
+        """The torch device the tracker runs on when it takes frames already there (the GPU
+        engines: the frame loop then streams, daemon.device_loop); None for the CPU path."""
+        detector = self.detector
+        return str(detector.device) if isinstance(detector, DeviceLandmarkDetector) else None
+
+    def render_on_device(
+        self, driver: CapturedFrame | None, now: float, uploaded: torch.Tensor | None
+    ) -> torch.Tensor | np.ndarray:
+        """`process` for the GPU frame loop: the tracker reads `uploaded` (driver.image
+        already on the device; None when nothing new was uploaded) and the generator leaves
+        its frame on the device when it can. The caller reads the frame back and checks it."""
+        with self._lock:
+            self.motion = self.track(driver, now, uploaded)
+            start = time.perf_counter()
+            generator, view = self.generator, self._driver_view(driver)
+            if isinstance(generator, DeviceGenerator):
+                image = generator.render_tensor(self.motion, view)
+            else:
+                image = generator.render(self.motion, view)
+            self._stats.record("generator", (time.perf_counter() - start) * 1e3)
+        return image
+
     def _driver_view(self, driver: CapturedFrame | None) -> DriverView | None:
         """The driver's pixels, only for a generator configured to use them, and only
         together with the landmarks found on that very frame."""
@@ -167,8 +197,11 @@ class Pipeline:
             return None
         return DriverView(driver.image, self.landmarks.points)
 
-    def track(self, driver: CapturedFrame | None, now: float) -> Motion:
-        """Landmarks and motion for a new driver frame; the last motion for a repeated one."""
+    def track(
+        self, driver: CapturedFrame | None, now: float, uploaded: torch.Tensor | None = None
+    ) -> Motion:
+        """Landmarks and motion for a new driver frame; the last motion for a repeated one.
+        `uploaded`: driver.image already on the tracker's device, if it was uploaded."""
         if self.estimator is None or self.detector is None:
             return self.motion
         if driver is not None and now - driver.t_capture > self.STALE_S:
@@ -180,12 +213,20 @@ class Pipeline:
             return self.estimator.update(None, now)
         self._last_index = driver.index
         start = time.perf_counter()
-        self.landmarks = self.detector.detect(driver.image, driver.t_capture, driver.index)
+        self.landmarks = self._detect(self.detector, driver, uploaded)
         mid = time.perf_counter()
         motion = self.estimator.update(self.landmarks, driver.t_capture)
         self._stats.record("landmarks", (mid - start) * 1e3)
         self._stats.record("motion", (time.perf_counter() - mid) * 1e3)
         return motion
+
+    @staticmethod
+    def _detect(
+        detector: LandmarkDetector, driver: CapturedFrame, uploaded: torch.Tensor | None
+    ) -> Landmarks | None:
+        if uploaded is not None and isinstance(detector, DeviceLandmarkDetector):
+            return detector.detect_uploaded(uploaded, driver.t_capture, driver.index)
+        return detector.detect(driver.image, driver.t_capture, driver.index)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -227,7 +268,13 @@ class FrameLoop:
 
     Each published frame goes to the sinks and to `relay`. While `external` holds a fresh
     frame (a remote peer whose avatar is published, see daemon.remote), that frame is
-    published instead of the local pipeline's."""
+    published instead of the local pipeline's.
+
+    On the CPU engines each step publishes the frame it made from the newest driver frame.
+    On the GPU engines (a pipeline with a `device`) the steps go through
+    daemon.device_loop, which overlaps the transfers with the work: a step publishes the
+    frame made from the driver frame taken two steps before (one behind the frame being
+    worked on), nothing for the first two, and the frames still in flight at stop."""
 
     EXTERNAL_STALE_S = 0.5
 
@@ -247,44 +294,94 @@ class FrameLoop:
         self.first_frame = threading.Event()
         self.stalled = threading.Event()  # test hook: the loop stops publishing while set
         self._last_image: np.ndarray | None = None
+        self._last_t_capture: float | None = None
         self._last_error_log = -ERROR_LOG_INTERVAL_S
+        self._device_frames: DeviceFrames | None = None  # the GPU engines' steps
         self.relay = FrameRelay(clock)
         self.external: FrameRelay | None = None
 
     def run(self, stop: threading.Event) -> None:
         next_t = self._clock()
-        while not stop.is_set():
-            if self.stalled.is_set():
-                stop.wait(0.05)
-                next_t = self._clock()
-                continue
-            self.step()
-            period = 1.0 / self.fps
-            next_t += period
-            now = self._clock()
-            if next_t < now - period:  # more than a frame late: start afresh, no burst
-                next_t = now
-            stop.wait(max(0.0, next_t - now))
+        try:
+            while not stop.is_set():
+                if self.stalled.is_set():
+                    stop.wait(0.05)
+                    next_t = self._clock()
+                    continue
+                self.step()
+                period = 1.0 / self.fps
+                next_t += period
+                now = self._clock()
+                if next_t < now - period:  # more than a frame late: start afresh, no burst
+                    next_t = now
+                stop.wait(max(0.0, next_t - now))
+        finally:
+            self.finish()
 
     def step(self) -> OutputFrame | None:
         """Render and publish one frame; a failing stage repeats the last good frame."""
         external = self.external.latest(self.EXTERNAL_STALE_S) if self.external else None
         if external is not None:
+            self._end_device_frames()  # what was in flight is older: dropped
             return self._publish(self._fit(external.image), external.t_capture)
         driver = self.capture.latest()
         now = self._clock()
         if driver is not None:
             self._stats.record("capture_age", (now - driver.t_capture) * 1e3)
+        if self._on_device(self.pipeline.device):
+            return self._device_step(driver, now)
         try:
             image = self.pipeline.process(driver, now)
         except Exception:
-            if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
-                self._last_error_log = now
-                log.exception("pipeline failed; repeating the last frame")
+            self._log_failure(now)
             image = self._last_image
             if image is None:
                 return None
         return self._publish(image, driver.t_capture if driver else None)
+
+    def finish(self) -> list[OutputFrame]:
+        """Publish the frames still in flight on the GPU engines, oldest first (at stop,
+        so that the last driver frames taken are not lost)."""
+        frames, self._device_frames = self._device_frames, None
+        rendered = frames.flush() if frames is not None else []
+        return [self._publish(r.image, r.t_capture) for r in rendered]
+
+    def _on_device(self, device: str | None) -> bool:
+        """Whether this step goes through the device path: a stream on `device` (ending
+        one on another device when the engines changed at a reload)."""
+        if self._device_frames is not None and self._device_frames.device != device:
+            self._end_device_frames()
+        if device is not None and self._device_frames is None:
+            from daemon.device_loop import DeviceFrames  # torch: the GPU engines only
+
+            self._device_frames = DeviceFrames(device, self._stats)
+        return device is not None
+
+    def _device_step(self, driver: CapturedFrame | None, now: float) -> OutputFrame | None:
+        """Take `driver`, publish the frame of two steps ago; nothing while the stream
+        fills; the last good frame again (as made from its own driver frame) for a failed
+        one."""
+        assert self._device_frames is not None
+        try:
+            rendered = self._device_frames.step(self.pipeline, driver, now)
+        except Exception:
+            self._log_failure(now)
+            if self._last_image is None:
+                return None
+            return self._publish(self._last_image, self._last_t_capture)
+        if rendered is None:
+            return None
+        return self._publish(rendered.image, rendered.t_capture)
+
+    def _end_device_frames(self) -> None:
+        frames, self._device_frames = self._device_frames, None
+        if frames is not None:
+            frames.flush()
+
+    def _log_failure(self, now: float) -> None:
+        if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
+            self._last_error_log = now
+            log.exception("pipeline failed; repeating the last frame")
 
     def _fit(self, image: np.ndarray) -> np.ndarray:
         width, height = self.pipeline.size
@@ -293,7 +390,7 @@ class FrameLoop:
         return letterbox(image, width, height)
 
     def _publish(self, image: np.ndarray, t_capture: float | None) -> OutputFrame:
-        self._last_image = image
+        self._last_image, self._last_t_capture = image, t_capture
         frame = OutputFrame(image, t_capture, self.frames_published)
         self.sinks.post(frame)
         self.relay.post(frame)

@@ -11,12 +11,15 @@ to show the driver's own mouth asks for.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
 from engines.motion.estimator import Motion
+
+if TYPE_CHECKING:
+    import torch
 
 LETTERBOX_BGR = (0, 0, 0)
 
@@ -38,6 +41,16 @@ class Generator(Protocol):
     uses_driver_pixels: bool
 
     def render(self, motion: Motion, driver: DriverView | None = None) -> np.ndarray: ...
+
+
+@runtime_checkable
+class DeviceGenerator(Generator, Protocol):
+    """A generator that can leave its frame on its device, for the GPU frame loop to read
+    back while the next frame is worked on."""
+
+    device: torch.device
+
+    def render_tensor(self, motion: Motion, driver: DriverView | None = None) -> torch.Tensor: ...
 
 
 def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,18 @@ class LandmarkDetector(Protocol):
     def reset(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class DeviceLandmarkDetector(LandmarkDetector, Protocol):
+    """A detector that also takes a frame already on its device (the GPU frame loop uploads
+    the next frame while this one is worked on)."""
+
+    device: torch.device
+
+    def detect_uploaded(
+        self, frame: torch.Tensor, t_capture: float, index: int
+    ) -> Landmarks | None: ...
 
 
 def choose_face(

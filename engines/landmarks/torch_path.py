@@ -583,16 +583,28 @@ class TorchLandmarkDetector:
 
     def detect(self, image: np.ndarray, t_capture: float, index: int) -> Landmarks | None:
         """The followed face in a BGR uint8 frame, or None."""
+        return self.detect_uploaded(upload(image, self.device), t_capture, index)
+
+    def detect_uploaded(
+        self, frame: torch.Tensor, t_capture: float, index: int
+    ) -> Landmarks | None:
+        """`detect` for a BGR uint8 (H, W, 3) frame already on the device (the daemon's GPU
+        frame loop uploads each frame ahead of its work)."""
         self._redetect_when_due(t_capture)
-        packed = self.frame_on_device(image).cpu().numpy()  # the frame's one readback
-        return self._followed_face(packed, image.shape[1], image.shape[0], t_capture, index)
+        packed = self.uploaded_on_device(frame).cpu().numpy()  # the frame's one readback
+        return self._followed_face(packed, frame.shape[1], frame.shape[0], t_capture, index)
 
     def frame_on_device(self, image: np.ndarray) -> torch.Tensor:
         """A BGR uint8 frame's device work, none of it waiting for the GPU: the upload
-        (async, through pinned memory), the face models, and the result packed for one
-        readback: (K, 478·3 + 1) float32, each row a face's points in frame pixels and its
-        score. The tracker then needs to hear which rows held faces (see `detect`)."""
-        rgb = upload(image, self.device).flip(-1)
+        (async, through pinned memory), then `uploaded_on_device`."""
+        return self.uploaded_on_device(upload(image, self.device))
+
+    def uploaded_on_device(self, frame: torch.Tensor) -> torch.Tensor:
+        """An uploaded BGR uint8 frame's device work, none of it waiting for the GPU: the
+        face models, and the result packed for one readback: (K, 478·3 + 1) float32, each
+        row a face's points in frame pixels and its score. The tracker then needs to hear
+        which rows held faces (see `detect_uploaded`)."""
+        rgb = frame.to(self.device).flip(-1)
         height, width = rgb.shape[:2]
         small = downscaled(rgb, self.MAX_WIDTH)
         faces, scores = self.pipeline.process_all(small)
