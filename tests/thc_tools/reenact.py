@@ -5,7 +5,8 @@ real one in the head region.
 
     python -m thc_tools.reenact --data ../shared/data --out reports   (part of `make eval`)
 
-Per clip: the avatar is frame 0 (prepared like any avatar), the neutral face is frame 0, the
+Per clip: the avatar is frame 0 (prepared like any avatar), the neutral face is frame 0 (held:
+no automatic calibration or refinement, since the avatar shows exactly that face), the
 output is rendered by the daemon's own pipeline at the avatar's own size and framing (one
 output pixel per avatar pixel), losslessly in memory. Next to ours, two baselines through
 the same path: frame 0 repeated (no animation), and frame 0 moved by the face's 2D
@@ -190,8 +191,10 @@ def reenact_frames(
     real = [np.ascontiguousarray(f[:height, :width]) for f in frames]
     avatar = work / f"{name}.frame0.png"
     cv2.imwrite(str(avatar), real[0])
+    calibration = config.motion.calibration.model_copy(update={"auto": False, "refine": False})
     run_config = config.model_copy(
         update={
+            "motion": config.motion.model_copy(update={"calibration": calibration}),
             "avatar": config.avatar.model_copy(update={"image": str(avatar)}),
             "output": config.output.model_copy(
                 update={"width": width, "height": height, "fps": fps}
