@@ -252,14 +252,21 @@ def avatars_for(hopper, dev_photo) -> dict[str, PreparedAvatar]:
 
 @pytest.mark.parametrize("name", list(SAFE_MOTIONS) + list(EXTREME_MOTIONS))
 def test_every_motion_renders_a_frame(hopper, dev_photo, name):
+    """... and each motion but rest shows: measured against the rest render (the still
+    composite differs from it by 0.01-0.04 in the rebuilt eyes, a frozen avatar's margin)."""
     motion = (SAFE_MOTIONS | EXTREME_MOTIONS)[name]
-    for avatar in avatars_for(hopper, dev_photo).values():
+    for label, avatar in avatars_for(hopper, dev_photo).items():
         gen = generator(avatar)
         frame = gen.render(motion)
         assert frame.shape == (SIZE[1], SIZE[0], 3) and frame.dtype == np.uint8
         assert np.isfinite(gen.last_dest).all()
         if name != "rest":
-            assert mean_abs_diff(frame, gen.still) > 0.05, "the motion changed nothing"
+            change = max_abs_diff(frame, generator(avatar).render(Motion()))
+            # the smallest, eyes-wide: mean 0.14-0.19, 256-389 pixels changed by more than 8
+            assert change.mean() > 0.1 and (change > 8).sum() >= 100, (
+                f"{label}: the motion changed little (mean {change.mean():.3f}, "
+                f"{(change > 8).sum()} pixels by more than 8)"
+            )
 
 
 @pytest.mark.parametrize("name", list(SAFE_MOTIONS))
