@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, mean_abs_diff, read_video, write_video
+from conftest import SHARED_DATA, face_x, mean_abs_diff, read_video, write_video
 
 from daemon.config import MediaPipeTrackingConfig, MeshGeneratorConfig, MotionConfig
 from daemon.errors import AvatarError
@@ -541,6 +541,9 @@ def test_avatar_swap_mid_run_keeps_the_loop_alive(
         assert mean_abs_diff(after, new_rest) < 15 < mean_abs_diff(after, old_rest)
     change = mean_abs_diff(frames[2][face], frames[-2][face])
     assert change > 20, f"the face region changed by only {change:.1f}"  # seen 65
+    for label, part in (("old", frames[:10]), ("new", frames[-10:])):  # half a second each
+        moved = np.ptp(face_x(part))  # the camera's face drifts 9 px every 1/3 s
+        assert moved > 3, f"the {label} avatar's head moved {moved:.1f} px"  # seen 10, 13
 
 
 # ---------------------------------------------------------------- 6. avatar prepare
