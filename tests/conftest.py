@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -95,6 +95,18 @@ def read_video(path: Path) -> tuple[list[np.ndarray], float]:
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.abs(a.astype(np.int16) - b.astype(np.int16))))
+
+
+def face_x(frames: Iterable[np.ndarray]) -> np.ndarray:
+    """Per frame, the mean x (pixels) of the re-tracked face's rigid landmarks (NaN where
+    no face was found), with the evaluation's tracker: where the head is, so a test can tell
+    an avatar that moves with its driver from a frozen one (tracker noise on a still image is
+    well under a pixel)."""
+    from thc_tools.evaluate import track
+
+    from engines.facegeom import RIGID
+
+    return np.array([np.nan if p is None else float(p[RIGID, 0].mean()) for p in track(frames)])
 
 
 def expected_still(avatar: np.ndarray, width: int, height: int) -> np.ndarray:

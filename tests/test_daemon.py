@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import (
     TEST_SUPPORT,
     expected_still,
+    face_x,
     mean_abs_diff,
     mesh_rest_frame,
     read_video,
@@ -87,7 +89,8 @@ def test_the_animated_avatar_is_published_never_the_camera(
     start_daemon, notify_socket, tmp_path, other_face
 ):
     """The default (mesh) generator end to end: a real face on the camera animates the
-    avatar; every published frame is the avatar, none is (close to) a camera frame."""
+    avatar; every published frame is the avatar, none is (close to) a camera frame, and the
+    avatar's head moves as the camera's face drifts sideways."""
     clip = write_video(tmp_path / "camera.mp4", other_face, frames=30, fps=30, size=SIZE)
     out = tmp_path / "live.mp4"
     daemon = start_daemon(config_text(str(clip), out, generator="mesh"), env=WATCHDOG)
@@ -102,6 +105,10 @@ def test_the_animated_avatar_is_published_never_the_camera(
     for frame in frames:
         assert mean_abs_diff(frame, rest) < 20
         assert min(mean_abs_diff(frame, c) for c in camera) > 30
+    # Which camera frame each published frame followed is up to the live loop's timing, so
+    # the head's sideways travel is checked, not its timing: a frozen avatar stays put.
+    moved = np.ptp(face_x(frames))
+    assert moved > 3, f"the avatar's head moved {moved:.1f} px"  # seen 14
 
 
 def test_bad_avatar_file_falls_back_to_the_default_and_keeps_running(

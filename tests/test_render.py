@@ -13,11 +13,15 @@ from conftest import (
     SHARED_DATA,
     TESTS_DIR,
     expected_still,
+    face_x,
     mean_abs_diff,
     mesh_rest_frame,
     read_video,
     write_video,
 )
+from thc_tools.evaluate import Signals, pearson, track
+
+from daemon.demo import scripted_motion
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -85,6 +89,16 @@ def test_render_animates_the_avatar_with_the_mesh_generator(tmp_path, face_image
     for frame in frames:
         assert mean_abs_diff(frame, rest) < 20
         assert min(mean_abs_diff(frame, c) for c in camera) > 30
+    assert_follows_sideways(face_x(camera), face_x(frames))
+
+
+def assert_follows_sideways(driver_x: np.ndarray, avatar_x: np.ndarray) -> None:
+    """The re-tracked avatar's head moves with the driver's (which drifts 9 px sideways and
+    back, see conftest.write_video): a frozen avatar passes every "close to the rest frame"
+    check but not this one."""
+    assert np.ptp(avatar_x) > 4, f"the avatar's head moved {np.ptp(avatar_x):.1f} px"  # seen 12-15
+    r = pearson(driver_x, avatar_x)
+    assert r is not None and r > 0.8, f"head x against the driver's: r = {r}"  # seen 0.94-0.97
 
 
 def test_render_a_dev_clip_frame_for_frame(tmp_path):
@@ -101,6 +115,13 @@ def test_render_a_dev_clip_frame_for_frame(tmp_path):
     assert result.returncode == 0, result.stderr
     frames, out_fps = read_video(out)
     assert (len(frames), out_fps) == (count, fps)
+    # ... and the avatar does what the driver does (a frozen one would pass the above)
+    driver, output = Signals.measure(track(read_video(clip)[0])), Signals.measure(track(frames))
+    assert output.tracked.all()
+    mouth_r = pearson(driver.mouth, output.mouth)
+    assert mouth_r > 0.7, f"mouth opening against the driver's: r = {mouth_r}"  # seen 0.88
+    roll_r = pearson(driver.angles[:, 2], output.angles[:, 2])  # the clip's head tilts 16°
+    assert roll_r > 0.8, f"head roll against the driver's: r = {roll_r}"  # seen 0.98
 
 
 def test_render_errors_are_one_clear_line(tmp_path, face_image):
@@ -134,9 +155,17 @@ def test_demo_needs_no_camera_and_says_where_it_wrote(tmp_path):
     frames, _ = read_video(out)
     assert len(frames) == 60
     rest = mesh_rest_frame(320, 240)
-    differences = [mean_abs_diff(frame, rest) for frame in frames]
-    assert max(differences) < 20  # the avatar throughout ...
-    assert np.ptp(differences) > 0.5  # ... performing (talking, blinking, nodding)
+    assert max(mean_abs_diff(frame, rest) for frame in frames) < 20  # the avatar throughout ...
+    # ... performing the script: what a tracker reads off the video follows it (a frozen
+    # avatar's frames differ from the rest frame by the codec's noise alone, whose spread
+    # is over 0.5: only the re-tracked face tells the two apart).
+    script = [scripted_motion(index / 30) for index in range(60)]
+    read = Signals.measure(track(frames))
+    assert read.tracked.all()
+    mouth_r = pearson([m.mouth_open for m in script], read.mouth)
+    eyes_r = pearson([m.eye_open[0] for m in script], read.eyes)
+    assert mouth_r > 0.9, f"talking: r = {mouth_r}"  # seen 0.99
+    assert eyes_r > 0.8, f"the blink at 0.9 s: r = {eyes_r}"  # seen 0.94
 
 
 def test_bench_prints_per_stage_latency_and_loop_fps(tmp_path):
@@ -246,3 +275,6 @@ def test_demo_with_a_driver_shows_it_side_by_side(tmp_path, other_face):
     camera = read_video(driver)[0]
     assert mean_abs_diff(frames[5][:, :320], camera[5]) < 12  # the driver, left
     assert mean_abs_diff(frames[5][:, 320:], mesh_rest_frame(320, 240)) < 20  # the avatar
+    left = [np.ascontiguousarray(f[:, :320]) for f in frames]
+    right = [np.ascontiguousarray(f[:, 320:]) for f in frames]
+    assert_follows_sideways(face_x(left), face_x(right))  # ... moving with the driver
