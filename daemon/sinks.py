@@ -187,7 +187,13 @@ class FileSink:
     """A video file at the output size and rate, written with PyAV (FFmpeg): H.264 (yuv420p,
     CRF 18) that every player plays, or FFV1, lossless, for measuring against the avatar."""
 
-    H264_OPTIONS: ClassVar[dict[str, str]] = {"crf": "18", "preset": "veryfast"}
+    # zerolatency: no lookahead or B-frames held back, so closing (SIGTERM) never waits on
+    # the encoder
+    H264_OPTIONS: ClassVar[dict[str, str]] = {
+        "crf": "18",
+        "preset": "veryfast",
+        "tune": "zerolatency",
+    }
 
     def __init__(self, config: FileSinkConfig, output: OutputConfig):
         self.config, self.output = config, output
