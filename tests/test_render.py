@@ -229,6 +229,8 @@ def test_bench_prints_per_stage_latency_and_loop_fps(tmp_path):
         "targets",
         "generator median <= 8 ms at 320x240",
         "whole pipeline >= 60 fps with <= 1 core busy",
+        "whole-pipeline frame <= 3x the landmark stage",
+        "generator <= 1.3x the landmark stage",
         "daemon CPU at 240p30",
     ]
 
