@@ -26,10 +26,11 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 TESTS_DIR = Path(__file__).resolve().parent
 # The test support switch (daemon/test_support.py) for a daemon in a child process: fault
-# sources and sinks, the stall signal, remote time codes.
+# sources and sinks, the stall signal, remote time codes. The checkout is on the path too,
+# ahead of the venv's editable install: its code is under test, wherever the venv came from.
 TEST_SUPPORT = {
     "TALKING_HEAD_CAM_TEST_SUPPORT": "thc_testing.plugin",
-    "PYTHONPATH": str(TESTS_DIR),
+    "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(REPO)]),
 }
 
 
