@@ -4,6 +4,7 @@ real daemon process. Nothing here needs a camera, a GPU or v4l2loopback."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -54,6 +55,16 @@ def other_face() -> np.ndarray:
     from skimage import data
 
     return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+def unit_seconds(key: str, unit: str = "talking-head-cam.service") -> float:
+    """A seconds setting of a unit in systemd/ (`TimeoutStopSec=5`): a limit the daemon is
+    held to where it runs, so the one a timing test judges by (rather than a margin of its
+    own that a loaded machine may miss)."""
+    path = REPO / "systemd" / unit
+    found = re.search(rf"^{key}=(\d+)$", path.read_text(), re.M)
+    assert found, f"no {key}= in {path}"
+    return float(found[1])
 
 
 def wait_until(predicate, timeout_s: float = 5.0) -> bool:

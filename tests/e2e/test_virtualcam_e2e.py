@@ -13,12 +13,12 @@ Rates and stop times under emulation on a shared machine are measurements, repor
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import unit_seconds
 from guest import E2E_DIR, REPO, guest_or_skip
 from media import (
     FFMPEG_PIX_FMT,
@@ -45,18 +45,10 @@ PHASES = {
     "no-camera": ("YUYV", "/dev/video99"),
 }
 WITH_CAMERA = [name for name, (_, camera) in PHASES.items() if camera.endswith(".mp4")]
-SYSTEM_UNIT = REPO / "systemd" / "talking-head-cam-system.service"
 # The frame loop never bursts (a frame more than a period late starts the schedule afresh)
 # and the sink writes only the newest frame, so however busy the machine (which only slows
 # the loop) N frames read back span at least N - 1 - CATCH_UP_PERIODS periods.
 CATCH_UP_PERIODS = 6
-
-
-def unit_seconds(key: str) -> float:
-    """A seconds setting of the system unit (`WatchdogSec=10`)."""
-    found = re.search(rf"^{key}=(\d+)$", SYSTEM_UNIT.read_text(), re.M)
-    assert found, f"no {key}= in {SYSTEM_UNIT}"
-    return float(found[1])
 
 
 class GuestRun:
@@ -171,7 +163,7 @@ def test_frames_keep_coming_and_never_outpace_the_configured_rate(run, phase):
     assert result["capture"]["rc"] == 0, "ffmpeg did not get its frames"
     assert len(capture.pts_s) == FRAMES
     assert (intervals > 0).all(), f"timestamps repeat or go back: {capture.pts_s}"
-    watchdog_s = unit_seconds("WatchdogSec")
+    watchdog_s = unit_seconds("WatchdogSec", "talking-head-cam-system.service")
     assert intervals.max() < watchdog_s, f"a gap the watchdog would restart for: {figures}"
     most = FPS * (FRAMES - 1) / (FRAMES - 1 - CATCH_UP_PERIODS)
     assert capture.mean_fps <= most, f"faster than {FPS} fps allows: {figures}"
