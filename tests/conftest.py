@@ -181,6 +181,12 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
     sock.close()
 
 
+# A daemon not gone this long after SIGTERM hangs; one that is merely slow (a loaded machine:
+# once seen past 5 s, the units' TimeoutStopSec, with the e2e guest and the suite on 2 cores)
+# must not fail a test that is not about how fast it stops.
+STOP_HANG_S = 30.0
+
+
 class DaemonProcess:
     """`talking-head-cam run` as a real child process, its stderr captured to a file."""
 
@@ -205,7 +211,9 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def stop(self, timeout_s: float = 5.0) -> int:
+    def stop(self, timeout_s: float = STOP_HANG_S) -> int:
+        """SIGTERM; the exit code (-9: still running after `timeout_s`, killed). A hang guard:
+        how fast the daemon stops is judged by the tests that time it."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
