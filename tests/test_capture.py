@@ -23,6 +23,7 @@ from daemon.errors import CaptureError
 SIZE = (320, 240)  # width, height
 FILE_FPS = 100.0  # the files' own rate: Capture paces to it, so a pass over 12 frames is ~0.12 s
 FILE_FRAMES = 12
+END_WAIT_S = 60.0  # what a wait at the end of a file would run into, were it not answered
 
 
 def capture_threads(capture: Capture) -> list[threading.Thread]:
@@ -154,10 +155,11 @@ def test_video_without_loop_ends_after_its_frames(
     assert index == FILE_FRAMES - 1  # every frame of the file was published, once
     assert "end of the video file" in capture.detail
 
-    # at the end, waiting for a newer frame returns None at once instead of timing out
+    # at the end, waiting for a newer frame returns None at once instead of timing out: the
+    # timeout is long, so a loaded machine cannot blur the two
     start = time.monotonic()
-    assert capture.wait_for_frame(index, timeout_s=3) is None
-    assert time.monotonic() - start < 1.0
+    assert capture.wait_for_frame(index, timeout_s=END_WAIT_S) is None
+    assert time.monotonic() - start < END_WAIT_S / 2
 
 
 def test_video_with_loop_keeps_delivering_frames(
@@ -238,18 +240,37 @@ def test_missing_file_logs_once_and_streams_when_it_appears(
     assert [m for level, m in messages if "streaming" in m and level == logging.INFO]
 
 
+class RecordingEvent(threading.Event):
+    """A stop event that remembers every pause asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        return super().wait(timeout)
+
+
 def test_first_retry_waits_no_longer_than_retry_max_s(
-    tmp_path: Path, face_image: np.ndarray, open_capture: Callable[..., Capture]
+    tmp_path: Path, face_image: np.ndarray
 ) -> None:
+    """Every pause between attempts is at most retry_max_s, the first included: the pauses
+    the reader asks for are checked, not how long a loaded machine took to honour them."""
     path = tmp_path / "soon.mp4"
-    capture = open_capture(str(path), retry_max_s=0.05)
-    assert wait_until(lambda: capture.state == "missing")
-    write_video(tmp_path / "staging.mp4", face_image, FILE_FRAMES, FILE_FPS, SIZE)
-    os.replace(tmp_path / "staging.mp4", path)
-    # the next attempt comes within retry_max_s (0.05 s); 0.35 s leaves room for the decode
-    assert capture.wait_for_frame(timeout_s=0.35) is not None, (
-        "the source was not retried within capture.retry_max_s"
-    )
+    capture = Capture(CaptureConfig(source=str(path), retry_max_s=0.05))
+    pauses = capture._stop = RecordingEvent()
+    capture.start()
+    try:
+        assert wait_until(lambda: len(pauses.waits) >= 3), (capture.state, pauses.waits)
+        assert capture.state == "missing"
+        asked = list(pauses.waits)
+        assert all(w is not None and 0 < w <= 0.05 for w in asked), asked
+        write_video(tmp_path / "staging.mp4", face_image, FILE_FRAMES, FILE_FPS, SIZE)
+        os.replace(tmp_path / "staging.mp4", path)
+        assert capture.wait_for_frame(timeout_s=30) is not None, capture.detail  # retried
+    finally:
+        capture.close()
 
 
 def test_random_bytes_named_mp4_is_reported_not_a_crash(

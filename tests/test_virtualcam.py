@@ -8,10 +8,18 @@ The real device is exercised in the QEMU guest (tests/e2e).
 
 from __future__ import annotations
 
+import grp
+import json
 import os
+import pwd
+import select
+import signal
+import tempfile
 import threading
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -141,14 +149,104 @@ def test_a_device_that_stays_stuck_says_how_to_fix_it(loopback, tmp_path):
         cam.open()
 
 
-def test_no_permission_names_the_video_group(loopback, tmp_path):
-    sysfs = fake_root(tmp_path, {10: "Talking Head Cam"})
-    node = tmp_path / "dev" / "video10"
-    node.chmod(0o400)
-    if os.access(node, os.W_OK):
-        pytest.skip("running as root: permissions are not enforced")
-    with pytest.raises(SinkError, match="add your user to the 'video' group"):
-        sink(sysfs).open()
+def as_unprivileged_user(action: Callable[[], Any]) -> Any:
+    """`action()`'s (JSON) result, run as a user that file permissions apply to.
+
+    Not root: here, as this user. Root (CI): in a forked child that drops to nobody:nogroup
+    with no supplementary groups (setresgid/setresuid, what `setpriv --reuid=nobody
+    --regid=nogroup --clear-groups` does) and runs the code already imported here: no new
+    interpreter, which nobody may not be able to read (a pyenv under /root). Skips only
+    when root cannot drop its privileges (no CAP_SETUID/CAP_SETGID)."""
+    if os.geteuid() != 0:
+        return action()
+    uid = _id_or(lambda: pwd.getpwnam("nobody").pw_uid, 65534)
+    gid = _id_or(lambda: grp.getgrnam("nogroup").gr_gid, uid)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest, whatever happens
+        try:
+            os.close(read_end)
+            try:
+                os.setgroups([])
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)
+            except PermissionError as exc:
+                outcome = {"cannot_drop": str(exc)}
+            else:
+                outcome = {"result": action()}
+        except BaseException:
+            outcome = {"error": traceback.format_exc()}
+        try:
+            with os.fdopen(write_end, "w") as out:
+                json.dump(outcome, out, default=repr)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        # a hang guard only (the child takes milliseconds): a fork that deadlocked
+        ready, _, _ = select.select([pipe], [], [], CHILD_HANG_S)
+        text = pipe.read() if ready else None
+    if text is None:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert text, f"the unprivileged child died or hung (over {CHILD_HANG_S} s)"
+    outcome = json.loads(text)
+    if "cannot_drop" in outcome:
+        pytest.skip(f"running as root and cannot drop privileges: {outcome['cannot_drop']}")
+    assert "error" not in outcome, f"as uid {uid}:\n{outcome.get('error')}"
+    return outcome["result"]
+
+
+CHILD_HANG_S = 60
+
+
+def _id_or(lookup: Callable[[], int], default: int) -> int:
+    try:
+        return lookup()
+    except KeyError:
+        return default
+
+
+@pytest.mark.parametrize(
+    "mode", [0o000, 0o444, 0o222], ids=["no-access", "read-only", "write-only"]
+)
+def test_no_permission_names_the_video_group(loopback, mode):
+    """A node the daemon's user may not open for reading and writing (`crw-rw---- root
+    video` to a user outside the group): the sink says how to fix it. As root (CI) the open
+    runs as nobody, since root passes every permission check."""
+    # not tmp_path: pytest keeps it under a folder only its owner may enter
+    with tempfile.TemporaryDirectory(prefix="thc-perm-") as folder:
+        root = Path(folder)
+        root.chmod(0o755)
+        sysfs = fake_root(root, {10: "Talking Head Cam"})
+        node = root / "dev" / "video10"
+
+        def open_sink() -> dict[str, Any]:
+            try:  # what the kernel says to this user
+                os.close(os.open(node, os.O_RDWR))
+                refused = False
+            except PermissionError:
+                refused = True
+            try:
+                sink(sysfs).open()
+            except SinkError as exc:
+                return {"uid": os.getuid(), "refused": refused, "error": str(exc)}
+            return {"uid": os.getuid(), "refused": refused, "opened": loopback.opened}
+
+        node.chmod(mode)
+        denied = as_unprivileged_user(open_sink)
+        if not denied["refused"] and os.geteuid() != 0:
+            pytest.skip(f"uid {denied['uid']} may open any file: permissions are not enforced")
+        assert denied["uid"] != 0 and denied["refused"], denied
+        assert "add your user to the 'video' group" in denied.get("error", ""), denied
+        assert f"no permission to open {node}" in denied["error"]
+
+        # the same user is let in once the node allows it: what failed above was the node's
+        # permission, not a folder that user cannot enter or a file it cannot read
+        node.chmod(0o666)
+        allowed = as_unprivileged_user(open_sink)
+        assert not allowed["refused"] and "error" not in allowed, allowed
+        assert [o["device"] for o in allowed["opened"]] == [str(node)]
 
 
 def test_worker_keeps_retrying_until_the_device_appears(loopback, tmp_path):

@@ -25,6 +25,11 @@ DRIVING_CLIP = SHARED_DATA / "driving" / "talk_c.mp4"
 # camera's face is far above that.
 AVATAR_MAX_DIFF = 6.0
 CAMERA_MIN_DIFF = 30.0
+# v4l2loopback's buffers (max_buffers, 2 unless the module is told otherwise). A reader's
+# VIDIOC_REQBUFS stamps every buffer anew (0.12's init_buffers), so up to this many frames
+# written before the reader asked for buffers reach it with the request's time instead of
+# their write's: microseconds apart, in buffer order rather than frame order.
+LOOPBACK_BUFFERS = 2
 
 
 def camera_clip(dest: Path, fallback_face: np.ndarray) -> Path:
@@ -68,20 +73,27 @@ class Capture:
     pix_fmt: str  # yuv420p, yuyv422
     size: tuple[int, int]
     fps: float  # the rate the device announces
-    pts_s: tuple[float, ...]
+    pts_s: tuple[float, ...]  # each frame's buffer timestamp (to the microsecond)
     frames: tuple[np.ndarray, ...]
 
     @property
+    def write_times_s(self) -> tuple[float, ...]:
+        """The timestamps that are the writer's: all but the first LOOPBACK_BUFFERS, which
+        may be the reader's buffer request instead."""
+        return self.pts_s[LOOPBACK_BUFFERS:]
+
+    @property
     def mean_fps(self) -> float:
-        """Frames per second over the whole capture."""
-        span = self.pts_s[-1] - self.pts_s[0]
-        return (len(self.pts_s) - 1) / span if span > 0 else 0.0
+        """Frames per second over the capture (its write times)."""
+        times = self.write_times_s
+        span = times[-1] - times[0] if times else 0.0
+        return (len(times) - 1) / span if span > 0 else 0.0
 
     def paced_fps(self, nominal_fps: float) -> float:
         """The rate between stalls: one over the median frame interval, of the intervals
         shorter than two nominal periods (under emulation, tracking a camera frame stalls
         the frame loop for 0.5-1 s). 0 when there are too few of them to tell."""
-        intervals = np.diff(self.pts_s)
+        intervals = np.diff(self.write_times_s)
         unstalled = intervals[intervals < 2 / nominal_fps]
         return 1.0 / float(np.median(unstalled)) if len(unstalled) >= 5 else 0.0
 
@@ -89,7 +101,9 @@ class Capture:
 _STREAM_RE = re.compile(
     r"Stream #0:0: Video: rawvideo \((\w+) / 0x[0-9a-f]+\), (\w+), (\d+)x(\d+).*?, ([\d.]+) fps"
 )
-_DEMUXED_RE = re.compile(r"^demuxer -> .*? pkt_pts_time:([\d.]+)", re.M)  # -debug_ts
+_TIME_BASE_RE = re.compile(r"Stream #0:0: Video: rawvideo .*?, (\d+)(k?) tbn")
+# -debug_ts: pkt_pts in the stream's time base (pkt_pts_time is rounded to milliseconds)
+_DEMUXED_RE = re.compile(r"^demuxer -> .*? pkt_pts:(\d+) pkt_pts_time:", re.M)
 
 
 def load_capture(share: Path, name: str) -> Capture:
@@ -100,7 +114,10 @@ def load_capture(share: Path, name: str) -> Capture:
     tag, pix_fmt, width, height, fps = stream.groups()
     size = (int(width), int(height))
     frames = to_bgr(share / f"{name}.raw", pix_fmt, size)
-    pts = tuple(float(t) for t in _DEMUXED_RE.findall(log))
+    base = _TIME_BASE_RE.search(log)
+    assert base is not None, f"no time base in {name}.ffmpeg.log:\n{log[-2000:]}"
+    ticks_per_s = int(base[1]) * (1000 if base[2] else 1)
+    pts = tuple(int(t) / ticks_per_s for t in _DEMUXED_RE.findall(log))
     return Capture(tag, pix_fmt, size, float(fps), pts, tuple(frames))
 
 

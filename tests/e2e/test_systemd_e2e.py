@@ -191,8 +191,11 @@ def test_stop_is_clean(run):
     assert stop["rc"] == 0
     after = stop["after"]
     assert (after["ActiveState"], after["Result"]) == ("inactive", "success")
-    assert after["ExecMainStatus"] == "0"  # the daemon exited 0 (not killed after a timeout)
-    assert stop["stop_s"] < 5  # TimeoutStopSec
+    # the daemon exited 0 by itself: systemd did not kill it after the unit's TimeoutStopSec
+    # (that Result would be "timeout"). How long `systemctl stop` took under emulation is
+    # reported, not judged.
+    assert after["ExecMainStatus"] == "0"
+    print(f"stop: systemctl stop returned after {stop['stop_s']:.2f} s")
 
 
 def test_the_hardening_applies_inside_the_service(run):
