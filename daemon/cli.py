@@ -94,9 +94,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from daemon.render import render_video
+    from daemon.render import at_avatar_size, render_video
 
     config = override_output(load_config_arg(args.config), args)
+    if args.width is None and args.height is None:  # the avatar back, one pixel per pixel
+        config = at_avatar_size(config)
     print(render_video(config, args.driver, Path(args.out), args.neutral_frame))
     return 0
 
@@ -396,7 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("--avatar", help="avatar image (default: the config's)")
     render.add_argument("--driver", required=True, help="driving video file")
-    render.add_argument("--out", required=True, help="output video (.mp4)")
+    render.add_argument(
+        "--out",
+        required=True,
+        help="output video: .mp4 (H.264) or .mkv (lossless FFV1)",
+    )
     render.add_argument(
         "--neutral-frame",
         type=whole_number(0),
@@ -404,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="driver frame (0-based) with the neutral face (default: the first tracked one)",
     )
-    _size_args(render)
+    _size_args(render, "the avatar's own size, one output pixel per avatar pixel")
     add_config_after(render)
     render.set_defaults(func=cmd_render)
 
@@ -479,9 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _size_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--width", type=int, help="output width (default: the config's)")
-    parser.add_argument("--height", type=int, help="output height (default: the config's)")
+def _size_args(parser: argparse.ArgumentParser, default: str = "the config's") -> None:
+    parser.add_argument("--width", type=int, help=f"output width (default: {default})")
+    parser.add_argument("--height", type=int, help=f"output height (default: {default})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from daemon.frames import CapturedFrame
 from daemon.pipeline import Pipeline, build_pipeline, make_generator
 from daemon.sinks import FileSink
 from daemon.stats import RollingStats
+from engines.generator.avatar import load_avatar
 from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,15 @@ def _open_file_sink(config: Config, out: Path) -> FileSink:
     sink = FileSink(FileSinkConfig(type="file", path=str(out)), config.output)
     sink.open()
     return sink
+
+
+def at_avatar_size(config: Config) -> Config:
+    """The output at the avatar's own size (an odd side one pixel short: video sizes are
+    even), where the generator draws one output pixel per avatar pixel: `render` without
+    --width/--height gives a portrait back the way it came."""
+    height, width = load_avatar(config.avatar.image).shape[:2]
+    size = {"width": max(16, width - width % 2), "height": max(16, height - height % 2)}
+    return config.model_copy(update={"output": config.output.model_copy(update=size)})
 
 
 def render_video(

@@ -280,3 +280,38 @@ def test_demo_with_a_driver_shows_it_side_by_side(tmp_path, other_face):
     left = [np.ascontiguousarray(f[:, :320]) for f in frames]
     right = [np.ascontiguousarray(f[:, 320:]) for f in frames]
     assert_follows_sideways(face_x(left), face_x(right))  # ... moving with the driver
+
+
+def test_render_without_a_size_gives_the_portrait_back_pixel_for_pixel(tmp_path, face_image):
+    """No --width/--height: the avatar's own size and framing; .mkv is lossless. Driven by
+    the avatar itself, the neutral frame (zero motion) is the avatar: ≥ 40 dB in the head
+    region. (Later frames move a little: the tracker's landmarks on a still picture drift
+    once it tracks instead of detecting.)"""
+    import av
+
+    from engines.facegeom import FACE_OVAL, eye_distance
+    from engines.landmarks.config import MediaPipeTrackingConfig
+    from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
+
+    avatar = tmp_path / "avatar.png"
+    cv2.imwrite(str(avatar), face_image)
+    driver = write_video(tmp_path / "driver.mp4", face_image, frames=6, fps=25)
+    out = tmp_path / "out.mkv"
+    result = cli("render", "--avatar", str(avatar), "--driver", str(driver), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    height, width = face_image.shape[:2]
+    assert f"{width - width % 2}x{height - height % 2} @ 25 fps" in result.stdout
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.name == "ffv1"
+    frames, _ = read_video(out)
+    detector = MediaPipeLandmarks(MediaPipeTrackingConfig(), static_images=True)
+    points = detector.detect(face_image, 0.0, 0).points
+    detector.close()
+    hull = cv2.convexHull(points[FACE_OVAL, :2]).reshape(-1, 2)
+    center = hull.mean(0)
+    grown = (hull - center) * 1.6 + center - (0.0, 0.35 * eye_distance(points))
+    head = np.zeros(frames[0].shape[:2], np.uint8)
+    cv2.fillConvexPoly(head, np.round(grown).astype(np.int32), 255)
+    avatar_pixels = face_image[: frames[0].shape[0], : frames[0].shape[1]].astype(np.float64)
+    error = np.mean((frames[0].astype(np.float64) - avatar_pixels)[head > 0] ** 2)
+    assert len(frames) == 6 and 10 * np.log10(255**2 / max(error, 1e-9)) >= 40.0
