@@ -39,7 +39,7 @@ import itertools
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -704,18 +704,17 @@ def write_report(
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m thc_tools.evaluate",
-        description="evaluate every dev clip × a few avatars; write a Markdown report + plots",
-    )
+def report_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every dev-data report takes (`make eval`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--data", default="../shared/data", help="dev data (default: %(default)s)")
     parser.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
     parser.add_argument("--config", help="config file (default: the one `run` would use)")
-    parser.add_argument("--avatar", action="append", help="avatar file name in DATA/avatars")
-    parser.add_argument("--width", type=int, default=EVAL_WIDTH)
-    parser.add_argument("--height", type=int, default=EVAL_HEIGHT)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_report(name: str, args: argparse.Namespace, write: Callable[[Config, Path], Path]) -> int:
+    """Write one dev-data report: skipped without the dev data, one line per error."""
     data = Path(args.data)
     if not (data / "driving").is_dir():
         print(f"skipped: dev data not found at {data.resolve()}")
@@ -726,15 +725,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     filter_native_stderr()
     setup_logging("warning")
     try:
-        config = load_config(find_config_path(args.config))
-        report = write_report(
-            config, data, Path(args.out), args.avatar or DEFAULT_AVATARS, args.width, args.height
-        )
+        report = write(load_config(find_config_path(args.config)), data)
     except TalkingHeadCamError as exc:
-        print(f"eval: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return exc.exit_code
     print(f"wrote {report}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = report_parser(
+        "python -m thc_tools.evaluate",
+        "evaluate every dev clip × a few avatars; write a Markdown report + plots",
+    )
+    parser.add_argument("--avatar", action="append", help="avatar file name in DATA/avatars")
+    parser.add_argument("--width", type=int, default=EVAL_WIDTH)
+    parser.add_argument("--height", type=int, default=EVAL_HEIGHT)
+    args = parser.parse_args(argv)
+    avatars = args.avatar or DEFAULT_AVATARS
+    return run_report(
+        "eval",
+        args,
+        lambda config, data: write_report(
+            config, data, Path(args.out), avatars, args.width, args.height
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ frames) go beside the report.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ import cv2
 import numpy as np
 from skimage.metrics import structural_similarity
 
-from daemon.config import Config, find_config_path, load_config
+from daemon.config import Config
 from daemon.errors import TalkingHeadCamError
 from engines.facegeom import (
     FACE_OVAL,
@@ -52,7 +51,14 @@ from engines.facegeom import (
     RIGHT_EYE_LOWER,
     eye_distance,
 )
-from thc_tools.evaluate import FALLBACK_FPS, read_frames, render, track
+from thc_tools.evaluate import (
+    FALLBACK_FPS,
+    read_frames,
+    render,
+    report_parser,
+    run_report,
+    track,
+)
 
 METHODS = ("ours", "still", "similarity")
 SCORES = ("psnr", "ssim", "l1", "akd", "lips_psnr", "eyes_psnr")
@@ -362,29 +368,10 @@ def write_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m thc_tools.reenact", description=__doc__.splitlines()[0]
+    args = report_parser("python -m thc_tools.reenact", __doc__.splitlines()[0]).parse_args(argv)
+    return run_report(
+        "reenact", args, lambda config, data: write_report(config, data, Path(args.out))
     )
-    parser.add_argument("--data", default="../shared/data", help="dev data (default: %(default)s)")
-    parser.add_argument("--out", default="reports", help="report folder (default: %(default)s)")
-    parser.add_argument("--config", help="config file (default: the one `run` would use)")
-    args = parser.parse_args(argv)
-    data = Path(args.data)
-    if not (data / "driving").is_dir():
-        print(f"skipped: dev data not found at {data.resolve()}")
-        return 0
-    from daemon.cli import setup_logging
-    from daemon.native_stderr import filter_native_stderr
-
-    filter_native_stderr()
-    setup_logging("warning")
-    try:
-        report = write_report(load_config(find_config_path(args.config)), data, Path(args.out))
-    except TalkingHeadCamError as exc:
-        print(f"reenact: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(f"wrote {report}")
-    return 0
 
 
 if __name__ == "__main__":
