@@ -236,10 +236,10 @@ def test_two_remote_peers_each_with_its_own_avatar(browser, daemon, tmp_path, ca
     rest_first = small(mesh_rest_frame(*SIZE))
     rest_second = small(mesh_rest_frame(*SIZE, str(daemon.folder / "gallery" / "second.png")))
     assert diff(rest_first, rest_second) > 20
-    for frame in first:
-        assert diff(frame, rest_first) < 25 and diff(frame, rest_second) > 20
+    for frame in first:  # its own avatar (moving with the camera), never the other one
+        assert diff(frame, rest_first) < diff(frame, rest_second) and diff(frame, rest_second) > 20
     for frame in other:
-        assert diff(frame, rest_second) < 25 and diff(frame, rest_first) > 20
+        assert diff(frame, rest_second) < diff(frame, rest_first) and diff(frame, rest_first) > 20
     # ... each tilting with the camera's face: seen 5.0-9.2 (30 frames); a frozen avatar
     # 0.7-2.1, and under 3 with the head held still (test_a_slider_change_...)
     assert spread(first) > 3 and spread(other) > 3, (spread(first), spread(other))
