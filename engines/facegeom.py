@@ -106,6 +106,40 @@ def mouth_opening(points: np.ndarray) -> float:
     return _dist(points, UPPER_LIP_INNER, LOWER_LIP_INNER) / eye_distance(points)
 
 
+MOUTH_CLOSED = 0.02  # inner-lip gap per eye distance that counts as a closed mouth
+
+
+def close_mouth(points: np.ndarray) -> np.ndarray:
+    """The same face with its mouth shut: the lower lip, chin and jaw raised by the gap.
+
+    A neutral caught mid-word (say the first frame of a clip) would otherwise turn every
+    later opening into a negative one; relative to a closed mouth, opening is opening.
+    """
+    unit = eye_distance(points)
+    upper, lower = points[LIPS_UPPER_INNER], points[LIPS_LOWER_INNER]
+    gaps = lower[:, 1] - upper[:, 1]
+    if mouth_opening(points) <= MOUTH_CLOSED or gaps.max() <= 0:
+        return points
+    closed = points.copy()
+    order = np.argsort(upper[:, 0])  # below the upper lip's line (flat beyond the corners):
+    lip_line = np.interp(points[:, 0], upper[order, 0], upper[order, 1])  # a smile's upper
+    below = points[:, 1] > lip_line  # lip dips below its corners and must stay put
+    below[LIPS_UPPER_INNER + LIPS_UPPER_OUTER] = False
+    center = lower.mean(0)
+    falloff = np.clip(
+        1.0 - np.linalg.norm(points[:, :2] - center[:2], axis=1) / (1.3 * unit), 0.0, 1.0
+    )
+    closed[below, 1] -= float(np.max(gaps)) * falloff[below]
+    closed[LIPS_LOWER_INNER] = points[LIPS_UPPER_INNER]  # the inner lips meet
+    return closed
+
+
+def resting_mouth_gap(points: np.ndarray) -> float:
+    """How far a face's mouth stands open (inner-lip gap per eye distance) beyond shut: 0 for
+    closed lips, what close_mouth takes away for parted ones."""
+    return mouth_opening(points) - mouth_opening(close_mouth(points))
+
+
 def mouth_width(points: np.ndarray) -> float:
     """Mouth corner to mouth corner per eye distance."""
     return _dist(points, MOUTH_RIGHT, MOUTH_LEFT) / eye_distance(points)

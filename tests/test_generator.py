@@ -34,6 +34,7 @@ from engines.facegeom import (
     eye_openness,
     fit_pose,
     mouth_opening,
+    resting_mouth_gap,
     rotation_to_angles,
 )
 from engines.generator.avatar_prep import (
@@ -195,7 +196,9 @@ def test_at_rest_the_head_is_the_avatar_itself(request, avatar, map_scale):
     height, width = prepared.image.shape[:2]
     gen = generator(prepared, (width, height), map_scale=map_scale)
     assert gen.framing.scale == 1.0 and not gen.framing.offset.any()
-    frame = gen.render(Motion())
+    # "Zero motion": a driver doing what the avatar shows, lips parted as far as its own
+    # (the astronaut smiles with parted lips; the mouth signal counts from shut)
+    frame = gen.render(Motion(mouth_open=resting_mouth_gap(prepared.points)))
     head = head_region(prepared)
     assert psnr(frame, prepared.image, head) >= 40.0
     detail = [
@@ -578,7 +581,10 @@ def test_avatar_swap_mid_run_keeps_the_loop_alive(
     assert len(frames) >= 40
     old = generator(hopper)
     new = generator(prepare_avatar(str(swap_avatar), tmp_path / "cache"))
-    old_rest, new_rest = old.render(Motion()), new.render(Motion())
+    # A still camera face is the neutral: its parted lips (the astronaut smiles) part the
+    # avatar's by as much, the mouth signal counting from shut
+    still_driver = Motion(mouth_open=resting_mouth_gap(detect_avatar_landmarks(other_face)[0]))
+    old_rest, new_rest = old.render(still_driver), new.render(still_driver)
     face = hull_mask(old_rest.shape, old.rest[:N_FACE], new.rest[:N_FACE])
     for before in frames[:5]:  # seen 5 from the old rest frame, 72 from the new one
         assert mean_abs_diff(before, old_rest) < 15 < mean_abs_diff(before, new_rest)
@@ -657,6 +663,34 @@ def test_open_mouth_is_darker_and_tracks_as_open(hopper, retrack):
     assert gray_rest - gray_open > 10, (gray_rest, gray_open)  # seen 144 → 121
     closed, opened = mouth_opening(retrack(rest)), mouth_opening(retrack(talking))
     assert opened - closed > 0.12, (closed, opened)  # seen 0.013 → 0.253
+
+
+PARTED_LIPS = SHARED_DATA / "avatars" / "photo_woman_a.png"  # lips parted at rest
+
+
+@pytest.fixture(scope="module")
+def parted_lips(cache) -> PreparedAvatar:
+    if not PARTED_LIPS.is_file():
+        pytest.skip(f"dev data not found: {PARTED_LIPS}")
+    return prepare_avatar(str(PARTED_LIPS), cache)
+
+
+def test_parted_lips_open_from_their_own_gap_and_close(parted_lips, retrack):
+    """An avatar whose lips part at rest is already that open: the driver's opening (counted
+    from shut) at the avatar's own gap shows the avatar itself, a shut driver mouth shuts
+    the avatar's, and a wider one opens it by the difference only (not on top of its gap).
+    Before: the gap was counted twice and the mouth never closed."""
+    gap = resting_mouth_gap(parted_lips.points)
+    assert gap > 0.05, gap  # the photo's lips do part
+    rest = generator(parted_lips, TRACK_SIZE).render(Motion())
+    own = generator(parted_lips, TRACK_SIZE).render(Motion(mouth_open=gap))
+    assert mouth_opening(retrack(rest)) < 0.5 * gap  # shut: seen 0.086 → 0.0
+    error = np.mean((own.astype(float) - generator(parted_lips, TRACK_SIZE).still) ** 2)
+    assert 10 * np.log10(255**2 / max(error, 1e-10)) > 40  # the avatar itself
+    wider = mouth_opening(
+        retrack(generator(parted_lips, TRACK_SIZE).render(Motion(mouth_open=gap + 0.1)))
+    )
+    assert gap + 0.05 < wider < gap + 0.16, (gap, wider)  # the difference: about + 0.1
 
 
 def test_shut_eyes_track_as_shut(hopper, retrack):

@@ -20,6 +20,7 @@ from engines.facegeom import (
     eye_openness,
     fit_pose,
     mouth_opening,
+    resting_mouth_gap,
     rotation_to_angles,
     umeyama,
 )
@@ -293,6 +294,24 @@ def test_blink_and_mouth_signals_follow_the_real_clip(blinks_a):
         assert eyes[frame] > 0.8, (frame, eyes[frame])
     assert mouth[MOUTH_OPEN].min() > mouth[MOUTH_CLOSED].max() + 0.05
     assert all(m.state == "tracked" for m in out)
+
+
+def test_a_neutral_caught_mid_word_is_the_shape_reference_as_it_is(blinks_a):
+    """Calibrated on a frame with the mouth open, that very frame is no expression at all
+    and its opening is the whole gap (the mouth signal counts from shut); a frame with the
+    mouth shut reads shut. Before, the neutral's mouth was shut by hand, so its own frame
+    read as a jaw dropped by the gap on top of the opening: self-driven, an avatar with
+    parted lips came out 5% too large and low (AKD 0.044 vs 0.020 on talk_c)."""
+    _, _, raw = blinks_a
+    open_frame = raw[MOUTH_OPEN[0]]
+    motion = estimator()
+    motion.set_neutral(open_frame, explicit=True)
+    same = motion.measure(lm(open_frame, 0.0), 0.0)
+    assert np.abs(same.expression).max() < 1e-6
+    assert abs(same.mouth_open - resting_mouth_gap(open_frame)) < 1e-6
+    assert same.mouth_open > 0.15
+    closed = [motion.measure(lm(raw[i], 1.0 + i), 1.0 + i).mouth_open for i in MOUTH_CLOSED]
+    assert max(closed) < 0.05, closed
 
 
 # ---------------------------------------------------------------- face lost

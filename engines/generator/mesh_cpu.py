@@ -25,14 +25,17 @@ from engines.facegeom import (
     LIPS_LOWER_OUTER,
     LIPS_UPPER_INNER,
     LIPS_UPPER_OUTER,
+    LOWER_LIP_INNER,
     N_FACE,
     RIGHT_EYE_BROW_RING,
     RIGHT_EYE_CREASE,
     RIGHT_EYE_LOWER,
     RIGHT_EYE_UPPER,
     RIGID,
+    UPPER_LIP_INNER,
     angles_to_rotation,
     eye_distance,
+    resting_mouth_gap,
 )
 from engines.generator.avatar import load_avatar
 from engines.generator.avatar_prep import PreparedAvatar
@@ -524,6 +527,7 @@ class MeshGenerator:
         self.face_triangles = self.mesh.triangles[(self.mesh.triangles < N_FACE).all(1)]
         self.rest_sign = np.sign(signed_areas(self.face_triangles, self.rest[:, :2]))
         self.jaw = jaw_weights(self.rest[:N_FACE], self.unit, self.face_triangles)
+        self.rest_gap = resting_mouth_gap(avatar.points)
         self.neighbours = neighbour_mean(self.face_triangles, N_FACE)
         self.last_dest = self.rest
 
@@ -539,7 +543,13 @@ class MeshGenerator:
         if motion.expression is not None:
             offsets = motion.expression[:N_FACE].astype(np.float64) * self.unit
             offsets[LID_DRIVEN] = 0.0  # the lids follow the blink signal, not the shape
-            offsets[:, 1] *= 1.0 - self.jaw  # and the jaw the mouth-opening signal
+            # The lower face moves as the driver's does, but the lips part by the opening
+            # signal (the avatar's proportions): the jaw takes back what the expression
+            # opened and rides on the upper lip, which the signal's drop then opens. Zeroing
+            # the jaw's own offsets instead left it behind when the upper lip moved: a closing
+            # mouth then pulled the lips 0.1 eye distances up (a nod-and-talk clip).
+            opened = offsets[LOWER_LIP_INNER, 1] - offsets[UPPER_LIP_INNER, 1]
+            offsets[:, 1] -= opened * self.jaw
             face[:N_FACE] += offsets
         self._keep_lips_apart(face)
         self._unfold(face, signals)
@@ -593,9 +603,12 @@ class MeshGenerator:
             face[ids] = self.rest[ids]  # at last: back to rest (rest has no fold)
 
     def _open_mouth(self, face: np.ndarray, mouth_open: float) -> None:
-        """Drop the jaw by the measured opening: the driver's opening, in the avatar's own
-        proportions, whatever the driver's face shape or its neutral's mouth."""
-        drop = max(0.0, mouth_open) * self.unit
+        """Move the jaw to the measured opening: the driver's opening (counted from shut), in
+        the avatar's own proportions, whatever the driver's face shape or its neutral's mouth.
+        An avatar whose lips part at rest is already open by its resting gap: a smaller
+        opening raises its jaw (a closed driver mouth closes it), a larger one drops it by the
+        difference only (the avatar's own opening is not counted twice)."""
+        drop = (max(0.0, mouth_open) - self.rest_gap) * self.unit
         face[:N_FACE, 1] += drop * self.jaw
 
     def _close_lids(self, face: np.ndarray, closures: list[float]) -> None:

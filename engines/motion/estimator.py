@@ -18,10 +18,9 @@ from typing import Literal
 import numpy as np
 
 from engines.facegeom import (
-    LIPS_LOWER_INNER,
-    LIPS_UPPER_INNER,
     RIGID,
     absolute_angles,
+    close_mouth,
     eye_distance,
     eye_openness,
     eye_openness_each,
@@ -137,32 +136,6 @@ class OneEuroFilter:
 # ---------------------------------------------------------------- the neutral face
 
 
-MOUTH_CLOSED = 0.02  # inner-lip gap per eye distance that counts as a closed mouth
-
-
-def close_mouth(points: np.ndarray) -> np.ndarray:
-    """The same face with its mouth shut: the lower lip, chin and jaw raised by the gap.
-
-    A neutral caught mid-word (say the first frame of a clip) would otherwise turn every
-    later opening into a negative one; relative to a closed mouth, opening is opening.
-    """
-    unit = eye_distance(points)
-    upper, lower = points[LIPS_UPPER_INNER], points[LIPS_LOWER_INNER]
-    gaps = lower[:, 1] - upper[:, 1]
-    if mouth_opening(points) <= MOUTH_CLOSED or gaps.max() <= 0:
-        return points
-    closed = points.copy()
-    corners_y = points[[LIPS_UPPER_INNER[0], LIPS_UPPER_INNER[-1]], 1].mean()
-    center = lower.mean(0)
-    below = points[:, 1] > corners_y
-    falloff = np.clip(
-        1.0 - np.linalg.norm(points[:, :2] - center[:2], axis=1) / (1.3 * unit), 0.0, 1.0
-    )
-    closed[below, 1] -= float(np.max(gaps)) * falloff[below]
-    closed[LIPS_LOWER_INNER] = points[LIPS_UPPER_INNER]  # the inner lips meet
-    return closed
-
-
 @dataclass(frozen=True, slots=True)
 class Neutral:
     """The user's neutral face and the signals measured on it."""
@@ -177,13 +150,17 @@ class Neutral:
 
     @classmethod
     def from_points(cls, points: np.ndarray) -> Neutral:
-        points = close_mouth(np.asarray(points, np.float64))
+        """The face as it is is the reference of shape (a neutral caught mid-word keeps its
+        lips where they were: an avatar with parted lips, driven by its own face, then stays
+        exactly itself), but the mouth signal counts from the mouth shut (relative to a
+        mouth caught open, every later opening would read as a negative one)."""
+        points = np.asarray(points, np.float64)
         return cls(
             points=points,
             eye_distance=eye_distance(points),
             eye_open=eye_openness_each(points),
             gaze=(float(np.mean(gaze_each(points))), gaze_vertical(points)),
-            mouth_open=mouth_opening(points),
+            mouth_open=mouth_opening(close_mouth(points)),
             mouth_width=mouth_width(points),
             camera_angles=absolute_angles(points),
         )

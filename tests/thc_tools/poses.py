@@ -1,0 +1,98 @@
+"""Contact sheets of scripted motions on a photo, a painting and a cartoon: what a person
+looks at before calling the generator better (`make eval`).
+
+    python -m thc_tools.poses --data ../shared/data --out reports   → reports/poses.png
+
+One row per avatar; columns: at rest, nod down and up (pitch ±20°), turn (yaw ±30°), tilt
+(roll ±25°), a lean towards the camera with a slide sideways, a wide-open mouth, a smile.
+Each tile is the generator's own output at the avatar's own size, scaled to one height.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from daemon.config import Config
+from engines.facegeom import MOUTH_LEFT, MOUTH_RIGHT
+from engines.generator.avatar_prep import prepare_avatar
+from engines.generator.config import MeshGeneratorConfig
+from engines.generator.mesh_cpu import MeshGenerator
+from engines.motion.estimator import Motion
+from thc_tools.evaluate import report_parser, run_report
+
+AVATARS = ("photo_woman_bun.png", "photo_woman_a.png", "painting_1.png", "anime_3.png")
+TILE_HEIGHT = 240
+
+
+def smile(strength: float) -> np.ndarray:
+    """An expression that pulls the mouth corners out and up (eye distances)."""
+    expression = np.zeros((478, 3), np.float32)
+    expression[MOUTH_RIGHT] = (-strength, -strength, 0.0)
+    expression[MOUTH_LEFT] = (strength, -strength, 0.0)
+    return expression
+
+
+POSES: tuple[tuple[str, Motion], ...] = (
+    ("rest", Motion()),
+    ("nod down 20", Motion(pitch=-20.0)),
+    ("nod up 20", Motion(pitch=20.0)),
+    ("turn 30", Motion(yaw=30.0)),
+    ("turn -30", Motion(yaw=-30.0)),
+    ("roll 25", Motion(roll=25.0)),
+    ("lean + slide", Motion(scale=1.2, shift=(0.6, 0.1))),
+    ("mouth wide", Motion(mouth_open=0.45)),
+    ("smile", Motion(expression=smile(0.08), mouth_open=0.08)),
+)
+
+
+def render_poses(path: Path, cache: Path) -> list[np.ndarray]:
+    avatar = prepare_avatar(str(path), cache)
+    height, width = avatar.image.shape[:2]
+    width, height = width - width % 2, height - height % 2
+    tiles = []
+    for label, motion in POSES:
+        generator = MeshGenerator(MeshGeneratorConfig(), avatar, width, height)
+        frame = generator.render(motion)
+        scale = TILE_HEIGHT / frame.shape[0]
+        tile = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        cv2.putText(tile, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 2)
+        cv2.putText(tile, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 20, 20), 1)
+        tiles.append(tile)
+    return tiles
+
+
+def write_sheet(
+    config: Config, data: Path, out_dir: Path, progress: Callable[[str], None] = print
+) -> Path:
+    del config  # the generator's defaults: the sheet shows the product as shipped
+    started = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="poses-") as cache:
+        for name in AVATARS:
+            path = data / "avatars" / name
+            if path.is_file():
+                progress(f"{name}: {len(POSES)} poses")
+                rows.append(np.hstack(render_poses(path, Path(cache))))
+    width = max(row.shape[1] for row in rows)
+    sheet = np.vstack([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0))) for row in rows])
+    out = out_dir / "poses.png"
+    cv2.imwrite(str(out), sheet)
+    progress(f"{len(rows)} avatars in {time.monotonic() - started:.0f} s")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = report_parser("python -m thc_tools.poses", __doc__.splitlines()[0]).parse_args(argv)
+    return run_report("poses", args, lambda config, data: write_sheet(config, data, Path(args.out)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
