@@ -693,6 +693,24 @@ def test_parted_lips_open_from_their_own_gap_and_close(parted_lips, retrack):
     assert gap + 0.05 < wider < gap + 0.16, (gap, wider)  # the difference: about + 0.1
 
 
+def test_the_jaw_turns_about_a_hinge_below_the_ears(hopper, retrack):
+    """Opening the mouth turns the jaw: the chin drops nearly as far as the lower lip, the
+    jaw's angles (near the hinge) a third of it, the cheeks and upper lip stay; the tracker
+    sees the chin drop on the rendered frame. Before, the drop faded with the distance from
+    the lip alone: the jaw's angles dropped 0.7 of the lip (a stretched, not a turned jaw)."""
+    gen = generator(hopper, TRACK_SIZE)
+    moved = (gen.deform(Motion(mouth_open=0.3)) - gen.rest)[:, 1]
+    lip = moved[14]
+    assert lip > 0.25 * gen.unit
+    assert moved[152] > 0.7 * lip  # the chin
+    assert 0.05 * lip < max(moved[172], moved[397]) < 0.5 * lip  # the jaw's angles
+    assert max(abs(moved[50]), abs(moved[280]), abs(moved[13])) < 0.05 * lip  # cheeks, lip
+    rest_points = retrack(generator(hopper, TRACK_SIZE).render(Motion()))
+    open_points = retrack(generator(hopper, TRACK_SIZE).render(Motion(mouth_open=0.3)))
+    seen = open_points[:, 1] - rest_points[:, 1]
+    assert seen[152] > 0.5 * seen[14] > 0, (seen[152], seen[14])  # seen 0.8
+
+
 def test_shut_eyes_track_as_shut(hopper, retrack):
     opened = eye_openness(
         retrack(generator(hopper, TRACK_SIZE).render(Motion(eye_open=(1.0, 1.0))))

@@ -442,18 +442,45 @@ def neighbour_mean(triangles: np.ndarray, count: int) -> sparse.csr_matrix:
     return sparse.diags(1.0 / np.maximum(degree, 1.0)) @ adjacency
 
 
+JAW_HINGE_BEHIND = 0.25  # the jaw's hinge (in front of the ears) lies this far (eye
+# distances) behind the face oval's ear-level edge
+CHEEK_BAND = 0.2  # eye distances over which the cheek blends from the skull to the jaw
+EAR_LEVEL = (234, 454)  # the face oval's edge at ear level: right, left
+MOUTH_CORNERS = (61, 291)
+
+
+def _below_line(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Signed distance of each point below the line through a and b (image y points down)."""
+    direction = (b - a) / (np.linalg.norm(b - a) + 1e-9)
+    normal = np.array([-direction[1], direction[0]])
+    if normal[1] < 0:
+        normal = -normal
+    return (points - a) @ normal
+
+
 def jaw_weights(points: np.ndarray, unit: float, triangles: np.ndarray) -> np.ndarray:
-    """How far each face vertex drops when the mouth opens: 1 along the middle of the lower
-    lip (0 at the corners: a lens-shaped opening), fading over the chin and jaw, 0 on the
-    upper lip and above; smoothed over the mesh so neighbours never differ abruptly (which
-    would fold triangles at the mouth corners)."""
+    """How far each face vertex drops when the mouth opens, as a share of the lower lip's
+    drop: the jaw turns about a hinge below the ears, so a point drops by its lever, its
+    depth in front of the hinge (the chin nearly as much as the lip, the jaw's angle a
+    third); only the jaw moves (below the upper lip's line, and beyond the corners below
+    the line from each corner to the ear), the cheek blending over a band; along the lower
+    lip 1 in the middle, 0 at the corners (a lens-shaped opening). Smoothed over the mesh so
+    neighbours never differ abruptly (which would fold triangles at the mouth corners)."""
+    xy, depth = points[:, :2], points[:, 2]
     upper = points[LIPS_UPPER_INNER, :2]
     order = np.argsort(upper[:, 0])
-    lip_line = np.interp(points[:, 0], upper[order, 0], upper[order, 1])  # flat beyond corners
-    center = points[LIPS_LOWER_INNER, :2].mean(0)
-    distance = np.linalg.norm(points[:, :2] - center, axis=1)
-    weights = np.clip(1.0 - distance / (1.5 * unit), 0.0, 1.0) ** 0.6
-    weights[points[:, 1] <= lip_line + 0.01 * unit] = 0.0
+    lip_line = np.interp(xy[:, 0], upper[order, 0], upper[order, 1])  # flat beyond corners
+    hinge_depth = float(points[list(EAR_LEVEL), 2].mean()) + JAW_HINGE_BEHIND * unit
+    lip_lever = hinge_depth - float(points[LIPS_LOWER_INNER[len(LIPS_LOWER_INNER) // 2], 2])
+    lever = np.clip((hinge_depth - depth) / max(lip_lever, 1e-6), 0.0, 1.0)
+    below = xy[:, 1] - lip_line  # between the corners: below the upper lip
+    for corner, ear in zip(MOUTH_CORNERS, EAR_LEVEL, strict=True):
+        outside = (xy[:, 0] - points[corner, 0]) * (points[ear, 0] - points[corner, 0]) > 0
+        beyond = _below_line(xy, points[corner, :2], points[ear, :2])
+        below = np.where(outside, beyond, below)
+    on_jaw = np.clip(below / (CHEEK_BAND * unit) + 0.5, 0.0, 1.0)
+    weights = on_jaw * lever
+    weights[xy[:, 1] <= lip_line + 0.01 * unit] = 0.0
     along = np.sin(np.linspace(0.0, np.pi, len(LIPS_LOWER_INNER))) ** 0.5
     fixed = {  # the lower lip moves whole: inner and outer edge alike
         **dict.fromkeys(LIPS_UPPER_INNER + LIPS_UPPER_OUTER, 0.0),
@@ -471,8 +498,8 @@ def jaw_weights(points: np.ndarray, unit: float, triangles: np.ndarray) -> np.nd
             degree > 0, 0.5 * weights + 0.5 * summed / np.maximum(degree, 1), weights
         )
         weights[ids] = values
-    weights[points[:, 1] < lip_line - 0.15 * unit] = 0.0  # the smoothing stays by the mouth
-    return weights
+    # the jaw ends below the cheekbones: nothing at or above the nose moves
+    return weights * np.clip((xy[:, 1] - lip_line + 0.15 * unit) / (0.1 * unit), 0.0, 1.0)
 
 
 # ---------------------------------------------------------------- the generator
