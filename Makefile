@@ -69,12 +69,14 @@ bench-webrtc: install
 	$(BIN)/python tests/bench_webrtc.py
 
 # Dev clips × a few avatars → reports/eval.md + plots, and self-reenactment (each clip's frame 0
-# animated by the clip, scored against the real frames) → reports/reenact.md + contact sheets
-# (both skip when ../shared/data is absent).
+# animated by the clip, scored against the real frames) → reports/reenact.md + contact sheets,
+# and scripted poses on a photo, a painting and a cartoon → reports/poses.png (all skip when
+# ../shared/data is absent).
 DATA ?= ../shared/data
 eval: install
 	$(TOOLS) -m thc_tools.evaluate --config config.yaml --data $(DATA) --out reports
 	$(TOOLS) -m thc_tools.reenact --config config.yaml --data $(DATA) --out reports
+	$(TOOLS) -m thc_tools.poses --data $(DATA) --out reports
 
 # ruff, and the import contracts of pyproject.toml (the layers, no cycles; tests/test_architecture.py
 # runs them in `make test` too).

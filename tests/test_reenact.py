@@ -99,3 +99,18 @@ def test_reenactment_of_a_dev_clip_runs_and_scores_every_method(tmp_path):
     for method in ("ours", "still", "similarity"):
         assert np.isfinite(list(result.scores[method].values())).all()
     assert result.scores["ours"]["akd"] < result.scores["still"]["akd"]
+
+
+def test_the_pose_sheet_shows_every_pose_moving(tmp_path):
+    """Every scripted pose of reports/poses.png differs from the avatar at rest, in its own
+    way (a frozen avatar, or one motion standing for all, fails)."""
+    from matplotlib import cbook
+    from thc_tools.poses import POSES, render_poses
+
+    tiles = render_poses(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), tmp_path)
+    assert len(tiles) == len(POSES)
+    rest, moved = tiles[0].astype(np.int16), [t.astype(np.int16) for t in tiles[1:]]
+    changes = [float(np.abs(t - rest).mean()) for t in moved]
+    assert min(changes) > 0.5, dict(zip([p[0] for p in POSES[1:]], changes, strict=True))
+    pairwise = [float(np.abs(a - b).mean()) for i, a in enumerate(moved) for b in moved[i + 1 :]]
+    assert min(pairwise) > 0.5
