@@ -121,6 +121,19 @@ def face_x(frames: Iterable[np.ndarray]) -> np.ndarray:
     return np.array([np.nan if p is None else float(p[RIGID, 0].mean()) for p in track(frames)])
 
 
+def person_sweep(
+    person: np.ndarray, framing: np.ndarray, size: tuple[int, int], shift_px: Iterable[float]
+) -> np.ndarray:
+    """Output pixels the person may cover while the head's shift (output pixels) carries the
+    body along: its mask (the faintest alpha counts), framed by the 2x3 `framing`, anywhere
+    from where it was to where the shift takes it (down the torso the body follows less)."""
+    anywhere = ((person > 0) * 255).astype(np.uint8)
+    framed = cv2.warpAffine(anywhere, np.float32(framing), size)
+    steps = np.linspace((0.0, 0.0), tuple(shift_px), 9)
+    moved = [cv2.warpAffine(framed, np.float32([[1, 0, x], [0, 1, y]]), size) for x, y in steps]
+    return np.max(moved, axis=0) > 0
+
+
 def expected_still(avatar: np.ndarray, width: int, height: int) -> np.ndarray:
     """What the `still` generator publishes: the avatar letterboxed."""
     return letterbox(avatar, width, height)

@@ -15,6 +15,7 @@ from conftest import SHARED_DATA, TESTS_DIR, write_video
 from thc_tools.evaluate import (
     METRIC_NAMES,
     Signals,
+    background_change,
     blink_events,
     blink_f1,
     eval_config,
@@ -30,6 +31,7 @@ from thc_tools.evaluate import (
 
 from daemon.config import Config
 from engines.facegeom import RIGID, angles_to_rotation, mouth_opening
+from engines.generator.avatar_prep import prepare_avatar
 
 JSON_KEYS = {
     "clip",
@@ -158,10 +160,29 @@ def test_eval_cli_json_has_the_documented_keys(hopper_clip):
     assert (data["width"], data["height"], data["fps"]) == (256, 256, 25)
     assert data["frames"] == {"driver": 30, "driver_tracked": 30, "output": 30, "still": 30}
     change, noise = data["background"]["change"], data["background"]["codec_noise"]
-    assert 0.0 <= change < noise  # the background outside the head stays still
+    assert 0.0 <= change < noise  # the background outside the person stays still
     for side in ("pipeline", "baseline"):
         assert set(data[side]) == set(METRIC_NAMES)
         assert data[side]["tracked"] == 1.0
+
+
+@pytest.mark.parametrize("moves", ["person", "plate"])
+def test_the_background_measure_lets_the_person_move_and_not_the_plate(tmp_path, moves):
+    """The person slid by the head's shift (its landmarks too) is still; the whole picture
+    slid, plate and all, is not: the measure can fail."""
+    avatar = prepare_avatar("default", tmp_path)
+    image, person, points = avatar.image, avatar.person, avatar.points
+    shift = np.float32([[1, 0, 8], [0, 1, 0]])
+    size = image.shape[1::-1]
+    slid_points = points + np.float32([8, 0, 0])
+    if moves == "person":
+        slid = cv2.warpAffine(image, shift, size)
+        alpha = cv2.warpAffine(person, shift, size)[:, :, None] / 255.0
+        moved = (slid * alpha + avatar.plate * (1 - alpha)).astype(np.uint8)
+    else:
+        moved = cv2.warpAffine(image, shift, size, borderMode=cv2.BORDER_REPLICATE)
+    change, noise = background_change([image, moved], [points, slid_points], points, person)
+    assert (change < noise) == (moves == "person"), (change, noise)
 
 
 def test_eval_cli_reports_a_missing_driver(tmp_path):

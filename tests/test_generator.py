@@ -16,7 +16,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, face_x, mean_abs_diff, read_video, write_video
+from conftest import (
+    SHARED_DATA,
+    face_x,
+    mean_abs_diff,
+    person_sweep,
+    read_video,
+    write_video,
+)
 
 from daemon.config import MediaPipeTrackingConfig, MeshGeneratorConfig, MotionConfig
 from daemon.errors import AvatarError
@@ -262,6 +269,42 @@ def test_maps_at_scale_2_equal_the_maps_at_scale_1(hopper, roi):
     both = covered1 & covered2
     error = np.maximum(np.abs(x2 - x1), np.abs(y2 - y1))[both]
     assert error.max() < 0.01, f"maps up to {error.max():.2f} px off, mean {error.mean():.3f}"
+
+
+@pytest.mark.parametrize("shift", [(0.4, 0.0), (-0.4, 0.1)], ids=str)
+def test_a_slide_moves_the_body_with_the_head_and_not_the_background(hopper, shift):
+    """Sliding sideways moves the whole person: the collar and shoulders below the chin move
+    as far as the head (phase correlation against the rest frame), so the neck, chin to
+    collar, keeps its length and direction (within 10%); the background plate, away from
+    everywhere the person was on its way, stays the still frame pixel for pixel. Before the
+    body came along the collar stayed put (0.0 px of 24) and the neck sheared by a third."""
+    size = (256, 300)  # the whole portrait, half size: the shoulders are in the frame
+    gen = generator(hopper, size)
+    moved = gen.render(Motion(shift=shift))
+    expected = np.array(shift) * gen.unit  # output pixels
+    chin = gen.rest[152, :2]
+    face_height = float(np.ptp(gen.rest[:N_FACE, 1]))
+    x0, x1 = (np.array([-0.8, 0.8]) * face_height + chin[0]).astype(int)
+    y0, y1 = (np.array([0.2, 0.8]) * face_height + chin[1]).astype(int)
+    x0, y1 = max(x0, 0), min(y1, size[1])
+    assert y1 - y0 > 0.3 * face_height and x1 - x0 > face_height  # collar and shoulders
+    grey = [
+        cv2.cvtColor(f[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY).astype(np.float64)
+        for f in (gen.still, moved)
+    ]
+    found, _ = cv2.phaseCorrelate(*grey, window=cv2.createHanningWindow(grey[0].shape[::-1], 6))
+    body = np.array(found)
+    assert np.linalg.norm(body - expected) < 0.2 * np.linalg.norm(expected), (body, expected)
+    collar = np.array([chin[0], (y0 + y1) / 2])
+    neck = collar - chin
+    moved_neck = collar + body - gen.last_dest[152, :2]
+    stretch = np.linalg.norm(moved_neck - neck) / np.linalg.norm(neck)
+    assert stretch < 0.1, f"the neck changed by {stretch:.0%} of its length"
+
+    swept = person_sweep(hopper.person, gen.framing.matrix(), size, expected)
+    near = cv2.dilate(swept.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    assert (~near).mean() > 0.15  # plenty of background to see
+    assert np.array_equal(moved[~near], gen.still[~near])
 
 
 # ---------------------------------------------------------------- 3. no folded triangles

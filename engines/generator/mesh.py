@@ -1,10 +1,15 @@
 """The avatar's mesh: MediaPipe's canonical face triangles, extended beyond the face (hair,
-ears, neck) and out to the image border, with how strongly each vertex follows the head.
+ears, neck), over the body and out to the image border, with how strongly each vertex
+follows the head's turns (rigidity) and its translation and scale (body weight).
 
 The face part has holes at the eyes and the mouth (the canonical tessellation has none
 there); the generator fills them with the eyeballs and the mouth interior. The rings around
-the face carry hair and neck along with the head, fading to the still border, so the
-background never moves (the person is also separated from it by its mask).
+the face carry hair and neck along with the head's turns, fading to nothing: a turn is the
+head's own. Leaning in and sliding sideways move the whole person: head, neck and shoulders
+whole (the neck keeps its length), the weight easing off down the torso, and a coarse grid
+over the body carries it smoothly. The background never moves: the person is composited
+over a still plate by its mask, the mesh only carries that mask along (outside the person,
+where the body weight fades to the still border, the warped texture is transparent).
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ from engines.facegeom import (
 # head motion they follow above the face, and below it: the neck follows less).
 RINGS = ((1.2, 1.0, 0.55), (1.45, 0.75, 0.15), (1.75, 0.0, 0.0))
 BORDER_STEPS = 6
+# The body follows the head's translation and scale fully down to BODY_FULL face heights
+# below the chin (neck, shoulders), easing off to nothing at BODY_NONE; outside the person
+# the weight holds for one grid step (the mask's edge moves whole), then fades over
+# BODY_FADE face heights towards the still border.
+BODY_FULL, BODY_NONE, BODY_FADE = 1.0, 3.5, 1.0
+BODY_GRID = 0.4  # the body grid's step, in face heights
 MOUTH_OPEN_AT_REST = 0.04  # inner-lip gap per eye distance above which the avatar's own
 # mouth interior (teeth...) is part of the mesh
 
@@ -58,6 +69,9 @@ class AvatarMesh:
     vertices: np.ndarray  # (V, 3) float64
     triangles: np.ndarray  # (T, 3) int32
     rigidity: np.ndarray  # (V,) share of the head motion each vertex follows
+    body: np.ndarray  # (V,) share of the head's translation and scale each vertex follows
+    free: np.ndarray  # (V, 2) 1 where a vertex may move in x, y: the border vertices only
+    # slide along their edge (the mesh covers the whole image: a gap would show nothing)
     mouth_open_at_rest: bool
 
     @property
@@ -100,15 +114,75 @@ def _border_vertices(width: int, height: int) -> np.ndarray:
     return np.array([(x, y, 0.0) for x, y in edge], np.float64)
 
 
-def build_mesh(points: np.ndarray, width: int, height: int) -> AvatarMesh:
-    """The mesh of one avatar from its landmarks (avatar pixels) and image size."""
-    points = np.asarray(points, np.float64)
-    rings, ring_rigidity = _ring_vertices(points, width, height)
-    border = _border_vertices(width, height)
-    vertices = np.vstack([points, rings, border])
-    rigidity = np.concatenate([np.ones(N_LANDMARKS), ring_rigidity, np.zeros(len(border))])
+def _ease(t: np.ndarray) -> np.ndarray:
+    """1 at t ≤ 0 down to 0 at t ≥ 1, smoothly (a half cosine)."""
+    return 0.5 + 0.5 * np.cos(np.pi * np.clip(t, 0.0, 1.0))
 
-    # Outside the face: Delaunay over the oval, the rings and the border.
+
+def _grid_vertices(
+    points: np.ndarray, rings: np.ndarray, width: int, height: int, step: float
+) -> np.ndarray:
+    """A coarse grid over the image, kept off the border and off the face and its rings."""
+    xs = np.arange(step / 2, width - step / 2, step)
+    ys = np.arange(step / 2, height - step / 2, step)
+    grid = np.array([(x, y) for y in ys for x in xs], np.float64).reshape(-1, 2)
+    head = cv2.convexHull(np.vstack([points[FACE_OVAL, :2], rings[:, :2]]).astype(np.float32))
+    off_head = np.array(
+        [cv2.pointPolygonTest(head, (float(x), float(y)), True) < -0.5 * step for x, y in grid]
+    ).astype(bool)
+    return grid[off_head]
+
+
+def body_weights(
+    xy: np.ndarray, points: np.ndarray, person: np.ndarray | None, step: float
+) -> np.ndarray:
+    """How much of the head's translation and scale each point (avatar pixels) follows:
+    all of it down to BODY_FULL face heights below the chin, easing off down the torso, and
+    outside the person mask fading to nothing (see the constants)."""
+    face_y = points[:N_FACE, 1]
+    face_height = float(np.ptp(face_y))
+    chin = float(points[FACE_OVAL, 1].max())
+    below = (xy[:, 1] - chin) / face_height
+    weight = _ease((below - BODY_FULL) / (BODY_NONE - BODY_FULL))
+    if person is not None:
+        outside = (person < 128).astype(np.uint8)
+        distance = cv2.distanceTransform(outside, cv2.DIST_L2, 5)
+        h, w = person.shape[:2]
+        ix = np.clip(np.round(xy[:, 0]).astype(int), 0, w - 1)
+        iy = np.clip(np.round(xy[:, 1]).astype(int), 0, h - 1)
+        beyond = (distance[iy, ix] - step) / (BODY_FADE * face_height)
+        weight = weight * _ease(beyond)
+    return weight
+
+
+def build_mesh(
+    points: np.ndarray, width: int, height: int, person: np.ndarray | None = None
+) -> AvatarMesh:
+    """The mesh of one avatar from its landmarks (avatar pixels), image size and person mask
+    (uint8, 255 = person; without it all of the image below the face counts as body)."""
+    points = np.asarray(points, np.float64)
+    unit = eye_distance(points)
+    rings, ring_rigidity = _ring_vertices(points, width, height)
+    step = BODY_GRID * float(np.ptp(points[:N_FACE, 1]))
+    grid = _grid_vertices(points, rings, width, height, step)
+    border = _border_vertices(width, height)
+    outside = np.vstack([grid, border[:, :2]])
+    weights = body_weights(np.vstack([rings[:, :2], outside]), points, person, step)
+    ring_weights, outside_weights = weights[: len(rings)], weights[len(rings) :]
+    # The body and the background lie behind the head, the background furthest: a fold out
+    # there (the border holds while the body slides up to it) is drawn under the person.
+    far = max(float(points[:, 2].max()), float(rings[:, 2].max(initial=0.0))) + 0.5 * unit
+    outside_depth = far + (1.0 - outside_weights) * unit
+    vertices = np.vstack([points, rings, np.column_stack([outside, outside_depth])])
+    rigidity = np.concatenate([np.ones(N_LANDMARKS), ring_rigidity, np.zeros(len(outside))])
+    body = np.concatenate([np.ones(N_LANDMARKS), ring_weights, outside_weights])
+    free = np.ones((len(vertices), 2))
+    edge = border[:, :2]
+    free[len(vertices) - len(border) :] = np.column_stack(
+        [(edge[:, 0] > 0) & (edge[:, 0] < width - 1), (edge[:, 1] > 0) & (edge[:, 1] < height - 1)]
+    )
+
+    # Outside the face: Delaunay over the oval, the rings, the body grid and the border.
     outer_ids = np.concatenate([FACE_OVAL, np.arange(N_LANDMARKS, len(vertices))])
     outer_ids = outer_ids[~np.isin(outer_ids, np.arange(N_FACE, N_LANDMARKS))]
     delaunay = Delaunay(vertices[outer_ids, :2]).simplices
@@ -126,4 +200,6 @@ def build_mesh(points: np.ndarray, width: int, height: int) -> AvatarMesh:
         inner = ring[Delaunay(points[ring, :2]).simplices]
         keep = _inside(points[ring, :2], points[inner, :2].mean(1))
         triangles.append(inner[keep])
-    return AvatarMesh(vertices, np.vstack(triangles).astype(np.int32), rigidity, mouth_open)
+    return AvatarMesh(
+        vertices, np.vstack(triangles).astype(np.int32), rigidity, body, free, mouth_open
+    )

@@ -2,7 +2,9 @@
 
 Per frame: the avatar's 3D mesh takes the driver's pose-free expression (scaled to the
 avatar's face), its lids close by the blink signal, then the whole head turns, moves and
-scales around the avatar's head centre; hair and neck follow partly, the border not at all.
+scales around the avatar's head centre; hair and neck follow the turn partly, and the whole
+person (neck, shoulders, the torso less and less) follows its translation and scale, the
+border not at all.
 The image is rendered by a piecewise-affine warp of the avatar (far triangles first), the
 eye and mouth holes are filled with the avatar's own eyeballs (the iris moved by the gaze)
 and a mouth interior, and the person is composited over a still background.
@@ -515,7 +517,7 @@ class MeshGenerator:
         self.width, self.height = width, height
         self.uses_driver_pixels = config.mouth_interior == "driver"
         img_h, img_w = avatar.image.shape[:2]
-        self.mesh: AvatarMesh = build_mesh(avatar.points, img_w, img_h)
+        self.mesh: AvatarMesh = build_mesh(avatar.points, img_w, img_h, avatar.person)
         self.framing = frame_avatar(avatar.points, (img_w, img_h), width, height)
         self.rest = self.framing.apply(self.mesh.vertices)  # output pixels, with depth
         self.unit = eye_distance(self.rest[: len(avatar.points)])
@@ -538,7 +540,7 @@ class MeshGenerator:
             borderMode=cv2.BORDER_CONSTANT,
         )
         self.still_work = _blend(self.background, person[:, :, :3], person[:, :, 3])
-        self.still = cv2.resize(self.still_work, (width, height), interpolation=cv2.INTER_LINEAR)
+        self.still = self._scale_up(self.still_work)
         self.still.setflags(write=False)
         self.eyeballs = [
             build_eyeball(avatar.image, avatar.points, up, low, iris) for up, low, _, iris in EYES
@@ -550,7 +552,12 @@ class MeshGenerator:
         # the face by its own lever on top of the measured shift: 0.045 → 0.028 AKD on a clip
         # of head turns). Where the real pivot, the neck, sits is already in that shift.
         self.pivot = self.rest[RIGID].mean(0)
-        self.moving = self.mesh.triangles[self.mesh.rigidity[self.mesh.triangles].max(1) > 0]
+        triangles = self.mesh.triangles
+        self.moving = triangles[self.mesh.rigidity[triangles].max(1) > 0]  # with the head
+        follows = (self.mesh.rigidity > 0) | (self.mesh.body > 0)
+        self.body_moving = triangles[follows[triangles].any(1)]  # ... and with the body
+        # Vertices that only the head's translation and scale move: they say when it did.
+        self.body_ids = np.flatnonzero((self.mesh.body > 0) & (self.mesh.rigidity == 0))
         self.face_triangles = self.mesh.triangles[(self.mesh.triangles < N_FACE).all(1)]
         self.rest_sign = np.sign(signed_areas(self.face_triangles, self.rest[:, :2]))
         self.jaw = jaw_weights(self.rest[:N_FACE], self.unit, self.face_triangles)
@@ -583,8 +590,12 @@ class MeshGenerator:
         rotation = angles_to_rotation(motion.yaw, motion.pitch, motion.roll)
         shift = np.array([*motion.shift, 0.0]) * self.unit
         head = (face - self.pivot) @ rotation.T * motion.scale + self.pivot + shift
+        body = (self.rest - self.pivot) * motion.scale + self.pivot + shift - self.rest
         rigid = self.mesh.rigidity[:, None]
-        return self.rest + rigid * (head - self.rest) + (1.0 - rigid) * (face - self.rest)
+        own = face - self.rest + self.mesh.body[:, None] * body  # all but the turn
+        dest = self.rest + rigid * (head - self.rest) + (1.0 - rigid) * own
+        dest[:, :2] = self.rest[:, :2] + self.mesh.free * (dest[:, :2] - self.rest[:, :2])
+        return dest
 
     def _flipped(self, face: np.ndarray) -> np.ndarray:
         return np.sign(signed_areas(self.face_triangles, face[:, :2])) != self.rest_sign
@@ -669,8 +680,11 @@ class MeshGenerator:
         return out
 
     def roi(self, dest: np.ndarray) -> Roi:
-        """The working-resolution box where anything moves (for dest, in working pixels)."""
-        used = np.unique(self.moving)
+        """The working-resolution box where anything moves (for dest, in working pixels):
+        the head always, the body where the head's translation or scale moved it."""
+        rest = self.to_work(self.rest[self.body_ids, :2])
+        body_moved = np.abs(dest[self.body_ids, :2] - rest).max(initial=0.0) > 1e-3
+        used = np.unique(self.body_moving if body_moved else self.moving)
         points = np.vstack([dest[used, :2], self.to_work(self.rest[used, :2])])
         return Roi.around(points, 2.0, *self.work_size)
 
@@ -689,6 +703,22 @@ class MeshGenerator:
             [0.0, ky, (out.y0 + 0.5) * ky - 0.5 - roi.y0],
         ]
         return out, inverse
+
+    def _scale_up(self, work: np.ndarray) -> np.ndarray:
+        """A whole working frame scaled up to the output, exactly as _to_output scales a
+        patch of it (the same warp, so a patch of the background equals the still frame's
+        own pixels: nothing flickers at the patch's edge, or under it where nothing moved)."""
+        if self.work_per_output == (1.0, 1.0):
+            return work.copy()
+        kx, ky = self.work_per_output
+        inverse = np.float32([[kx, 0.0, 0.5 * kx - 0.5], [0.0, ky, 0.5 * ky - 0.5]])
+        return cv2.warpAffine(
+            work,
+            inverse,
+            (self.width, self.height),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
 
     def _to_output(self, patch: np.ndarray, roi: Roi) -> tuple[Roi, np.ndarray]:
         """Scale a working-resolution patch up to the output (see output_box)."""

@@ -96,12 +96,25 @@ class TorchMeshGenerator(MeshGenerator):
         super().__init__(config, avatar, width, height)
         self.texture = _image_tensor(self.bgra, self.device)
         self.background_t = _image_tensor(self.background, self.device)
-        self.still_t = torch.from_numpy(np.array(self.still)).to(self.device)
+        self.still_t = self._still_tensor()
+        self.still = self.still_t.cpu().numpy()
+        self.still.setflags(write=False)
         self.eye_textures = [
             (_image_tensor(eye.sclera, self.device), _image_tensor(eye.iris, self.device))
             for eye in self.eyeballs
         ]
         log.debug("torch mesh generator on %s, working size %s", self.device, self.work_size)
+
+    def _still_tensor(self) -> torch.Tensor:
+        """The still frame scaled up on the device as a patch is (see _patch_to_output): a
+        patch where nothing moved is then the still frame's own pixels, background and all."""
+        if self.work_per_output == (1.0, 1.0):
+            return torch.from_numpy(np.array(self.still_work)).to(self.device)
+        kx, ky = self.work_per_output
+        inverse = [[kx, 0.0, 0.5 * kx - 0.5], [0.0, ky, 0.5 * ky - 0.5]]
+        work = _image_tensor(self.still_work, self.device)
+        up = affine_sample(work, inverse, self.height, self.width, replicate=True)
+        return up.permute(1, 2, 0).round().to(torch.uint8).contiguous()
 
     # ------------------------------------------------------------ rendering
 
@@ -128,7 +141,7 @@ class TorchMeshGenerator(MeshGenerator):
         patch = blend(self.background_t[:, roi.y0 : roi.y1, roi.x0 : roi.x1], person[:3], person[3])
         out_roi, patch = self._patch_to_output(patch, roi)
         frame = self.still_t.clone()
-        frame[out_roi.slices] = patch.permute(1, 2, 0).to(torch.uint8)
+        frame[out_roi.slices] = patch.permute(1, 2, 0).round().to(torch.uint8)
         return frame
 
     def _warp_person(self, dest: np.ndarray, roi: Roi) -> torch.Tensor:

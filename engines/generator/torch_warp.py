@@ -322,12 +322,15 @@ def affine_sample(
     replicate: bool,
 ) -> torch.Tensor:
     """cv2.warpAffine with WARP_INVERSE_MAP semantics: output pixel (x, y) shows the image at
-    inverse @ (x, y, 1), `inverse` being 2 rows of 3 numbers (no upload needed)."""
+    inverse @ (x, y, 1), `inverse` being 2 rows of 3 numbers (no upload needed). The
+    positions are worked out in float64: a patch and the whole frame then sample the same
+    place for the same output pixel, whatever their offsets (a float32 sum differs in its
+    last bit, and the level sometimes with it)."""
     (a00, a01, a02), (a10, a11, a12) = inverse
-    xs = torch.arange(width, dtype=image.dtype, device=image.device)
-    ys = torch.arange(height, dtype=image.dtype, device=image.device)[:, None]
-    map_x = a00 * xs + a01 * ys + a02
-    map_y = a10 * xs + a11 * ys + a12
+    xs = torch.arange(width, dtype=torch.float64, device=image.device)
+    ys = torch.arange(height, dtype=torch.float64, device=image.device)[:, None]
+    map_x = (a00 * xs + a01 * ys + a02).to(image.dtype)
+    map_y = (a10 * xs + a11 * ys + a12).to(image.dtype)
     return sample(image, map_x, map_y, replicate)
 
 
