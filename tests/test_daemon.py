@@ -108,9 +108,10 @@ def test_the_animated_avatar_is_published_never_the_camera(
     camera = read_video(clip)[0]
     frames = read_video(out)[0]
     assert len(frames) >= 10
-    for frame in frames:
-        assert mean_abs_diff(frame, rest) < 25  # the body slides along too: seen 20.4
-        assert min(mean_abs_diff(frame, c) for c in camera) > 30
+    for frame in frames:  # the whole person slides with the camera face (seen 20 from the
+        to_camera = min(mean_abs_diff(frame, c) for c in camera)  # rest frame), yet stays
+        assert to_camera > 30  # far nearer to it than to any camera frame
+        assert mean_abs_diff(frame, rest) < 0.5 * to_camera
     # Which camera frame each published frame followed is up to the live loop's timing, so
     # the head's sideways travel is checked, not its timing: a frozen avatar stays put.
     moved = np.ptp(face_x(frames))

@@ -629,10 +629,12 @@ def test_avatar_swap_mid_run_keeps_the_loop_alive(
     still_driver = Motion(mouth_open=resting_mouth_gap(detect_avatar_landmarks(other_face)[0]))
     old_rest, new_rest = old.render(still_driver), new.render(still_driver)
     face = hull_mask(old_rest.shape, old.rest[:N_FACE], new.rest[:N_FACE])
-    for before in frames[:5]:  # seen 5 from the old rest frame, 72 from the new one
-        assert mean_abs_diff(before, old_rest) < 15 < mean_abs_diff(before, new_rest)
+    # Which avatar: each frame far nearer to its own avatar's rest frame than to the other's
+    # (seen 5-20 against 72: the whole person slides and scales with the camera face)
+    for before in frames[:5]:
+        assert mean_abs_diff(before, old_rest) < 0.5 * mean_abs_diff(before, new_rest)
     for after in frames[-5:]:  # the swapped avatar, kept through the rejected reload
-        assert mean_abs_diff(after, new_rest) < 15 < mean_abs_diff(after, old_rest)
+        assert mean_abs_diff(after, new_rest) < 0.5 * mean_abs_diff(after, old_rest)
     change = mean_abs_diff(frames[2][face], frames[-2][face])
     assert change > 20, f"the face region changed by only {change:.1f}"  # seen 65
     for label, part in (("old", frames[:10]), ("new", frames[-10:])):  # half a second each

@@ -480,7 +480,7 @@ def jaw_weights(points: np.ndarray, unit: float, triangles: np.ndarray) -> np.nd
         outside = (xy[:, 0] - points[corner, 0]) * (points[ear, 0] - points[corner, 0]) > 0
         beyond = _below_line(xy, points[corner, :2], points[ear, :2])
         below = np.where(outside, beyond, below)
-    on_jaw = np.clip(below / (CHEEK_BAND * unit) + 0.5, 0.0, 1.0)
+    on_jaw = np.clip(below / (CHEEK_BAND * unit) + 1.0, 0.0, 1.0)  # the cheek above blends
     weights = on_jaw * lever
     weights[xy[:, 1] <= lip_line + 0.01 * unit] = 0.0
     along = np.sin(np.linspace(0.0, np.pi, len(LIPS_LOWER_INNER))) ** 0.5
