@@ -114,7 +114,7 @@ def cmd_avatar_prepare(args: argparse.Namespace) -> int:
     check_image_out(out)
     prepared = prepare_avatar(args.image)
     height, width = prepared.image.shape[:2]
-    mesh = build_mesh(prepared.points, width, height)
+    mesh = build_mesh(prepared.points, width, height, prepared.person)
     try:
         written = cv2.imwrite(str(out), overlay(prepared, mesh.triangles, mesh.vertices))
     except cv2.error:
