@@ -36,7 +36,7 @@ NECK_RINGS = ((1.2, 0.55), (1.45, 0.15), (1.75, 0.0))
 # (grown a little: the skull's sides); up, from the ears' level to the crown, which is this
 # share of the face's height (chin to hairline) above the hairline; its centre this many eye
 # distances behind the oval's sides (which lie in front of the ears).
-HEAD_WIDTH_GROWTH, CROWN_ABOVE_HAIRLINE, CENTRE_BEHIND_EARS = 1.08, 0.3, 0.15
+HEAD_WIDTH_GROWTH, CROWN_ABOVE_HAIRLINE, CENTRE_BEHIND_EARS = 1.08, 0.3, 0.5
 HEAD_REACH = 0.9  # the hair outline is looked for at most this many oval radii beyond it
 OUTLINE_MARGIN = 0.06  # eye distances beyond the person mask's edge (its soft edge moves too)
 BAND = 0.35  # eye distances: the band outside the head that takes up its motion
