@@ -280,7 +280,8 @@ def test_demo_with_a_driver_shows_it_side_by_side(tmp_path, other_face):
     assert len(frames) == 12 and frames[0].shape == (240, 640, 3)
     camera = read_video(driver)[0]
     assert mean_abs_diff(frames[5][:, :320], camera[5]) < 12  # the driver, left
-    assert mean_abs_diff(frames[5][:, 320:], mesh_rest_frame(320, 240)) < 20  # the avatar
+    avatar = frames[5][:, 320:]  # the avatar (the whole person slides with the driver):
+    assert mean_abs_diff(avatar, mesh_rest_frame(320, 240)) < 0.5 * mean_abs_diff(avatar, camera[5])
     left = [np.ascontiguousarray(f[:, :320]) for f in frames]
     right = [np.ascontiguousarray(f[:, 320:]) for f in frames]
     assert_follows_sideways(face_x(left), face_x(right))  # ... moving with the driver

@@ -180,9 +180,10 @@ def test_the_background_outside_the_person_is_the_still_frame(astronaut):
     assert (expected != cpu.still).any(-1).mean() > 0.01  # the person did move
     shift = np.array(motion.shift) * cpu.unit
     person = person_sweep(astronaut.person, cpu.framing.matrix(), HD, shift)
-    head = [cpu.rest[:N_FACE, :2], cpu.last_dest[:N_FACE, :2]]
-    center = cpu.rest[:N_FACE, :2].mean(0)
-    hull = cv2.convexHull(((np.vstack(head) - center) * 1.7 + center).astype(np.float32))
+    triangles = cpu.mesh.triangles  # the head (face, hair to its outline) and the neck turn,
+    turns = np.unique(triangles[(cpu.mesh.rigidity[triangles] > 0).any(1)])  # with what
+    head = np.vstack([cpu.rest[turns, :2], cpu.last_dest[turns, :2]])  # they pull along
+    hull = cv2.convexHull(head.astype(np.float32))
     cv2.fillConvexPoly(person.view(np.uint8), np.round(hull).astype(np.int32), 1)
     near = cv2.dilate(person.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
     assert 0.05 < (~near).mean() < 0.9

@@ -2,9 +2,9 @@
 
 Per frame: the avatar's 3D mesh takes the driver's pose-free expression (scaled to the
 avatar's face), its lids close by the blink signal, then the whole head turns, moves and
-scales around the avatar's head centre; hair and neck follow the turn partly, and the whole
-person (neck, shoulders, the torso less and less) follows its translation and scale, the
-border not at all.
+scales around the avatar's head centre; hair and ears with it (one rigid body), the neck
+partly, and the whole person (neck, shoulders, the torso less and less) follows its
+translation and scale, the border not at all.
 The image is rendered by a piecewise-affine warp of the avatar (far triangles first), the
 eye and mouth holes are filled with the avatar's own eyeballs (the iris moved by the gaze)
 and a mouth interior, and the person is composited over a still background.
@@ -40,10 +40,10 @@ from engines.facegeom import (
     resting_mouth_gap,
 )
 from engines.generator.avatar import load_avatar
-from engines.generator.avatar_prep import PreparedAvatar
+from engines.generator.avatar_prep import PreparedAvatar, paint_out_person
 from engines.generator.config import MeshGeneratorConfig
 from engines.generator.interface import DriverView
-from engines.generator.mesh import AvatarMesh, build_mesh
+from engines.generator.mesh import AvatarMesh, HeadProxy, build_mesh, fit_head
 from engines.generator.warp import Roi, signed_areas, warp_image, warp_maps
 from engines.motion.estimator import Motion
 
@@ -153,6 +153,22 @@ def build_background(
         borderMode=cv2.BORDER_REPLICATE,
     )
     return _blend(blurred, framed, inside)
+
+
+BROWS_TOP = [70, 63, 105, 66, 107, 336, 296, 334, 293, 300]  # FaceMesh's brows, upper edge
+
+
+def complete_head(avatar: PreparedAvatar, head: HeadProxy) -> PreparedAvatar:
+    """The head never loses its skull: where the person mask misses hair (dark hair on a
+    dark background), the head proxy's silhouette above the brows still counts as head,
+    and the plate is painted out again under it."""
+    brows = avatar.points[BROWS_TOP, :2].astype(np.float64).mean(0)
+    proxy = head.mask(avatar.person.shape, above=float((brows - head.center[:2]) @ head.up))
+    proxy = cv2.GaussianBlur(proxy, (0, 0), 1.0)
+    person = np.maximum(avatar.person, proxy)
+    if np.count_nonzero(person > avatar.person.astype(np.int16) + 64) == 0:
+        return avatar
+    return replace(avatar, person=person, plate=paint_out_person(avatar.image, person))
 
 
 PLATE_COMPLETES_BELOW = 0.75
@@ -513,6 +529,7 @@ class MeshGenerator:
     def __init__(
         self, config: MeshGeneratorConfig, avatar: PreparedAvatar, width: int, height: int
     ):
+        avatar = complete_head(avatar, fit_head(avatar.points))
         self.config, self.avatar = config, avatar
         self.width, self.height = width, height
         self.uses_driver_pixels = config.mouth_interior == "driver"
@@ -593,9 +610,7 @@ class MeshGenerator:
         body = (self.rest - self.pivot) * motion.scale + self.pivot + shift - self.rest
         rigid = self.mesh.rigidity[:, None]
         own = face - self.rest + self.mesh.body[:, None] * body  # all but the turn
-        dest = self.rest + rigid * (head - self.rest) + (1.0 - rigid) * own
-        dest[:, :2] = self.rest[:, :2] + self.mesh.free * (dest[:, :2] - self.rest[:, :2])
-        return dest
+        return self.rest + rigid * (head - self.rest) + (1.0 - rigid) * own
 
     def _flipped(self, face: np.ndarray) -> np.ndarray:
         return np.sign(signed_areas(self.face_triangles, face[:, :2])) != self.rest_sign
