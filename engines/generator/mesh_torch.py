@@ -41,7 +41,7 @@ from engines.generator.torch_warp import (
     sample,
     upsample_map,
 )
-from engines.generator.warp import Roi, triangle_affines
+from engines.generator.warp import Roi, triangle_affines, within
 from engines.motion.estimator import Motion
 from engines.runtime.cuda_stream import upload
 
@@ -152,6 +152,7 @@ class TorchMeshGenerator(MeshGenerator):
         affines, valid = triangle_affines(triangles, dest[:, :2], self.source)
         depth = dest[:, 2][triangles].mean(1)
         order = np.flatnonzero(valid)[np.argsort(-depth[valid], kind="stable")]
+        order = within(triangles, dest, roi, order)
         grid = (dest[:, :2] - (roi.x0, roi.y0) + 0.5 - 0.5 * scale) / scale
         table = np.empty((6, len(triangles) + 1), np.float32)
         table[:, 1:] = affines.reshape(-1, 6).T

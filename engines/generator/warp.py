@@ -76,6 +76,20 @@ def signed_areas(triangles: np.ndarray, points: np.ndarray) -> np.ndarray:
     return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
 
 
+def within(triangles: np.ndarray, dest: np.ndarray, roi: Roi, order: np.ndarray) -> np.ndarray:
+    """`order` less the triangles wholly outside the ROI (a mesh reaching past the image,
+    or a body grid around a small moving head, has many): each costs a polygon fill."""
+    corners = dest[triangles[order], :2]
+    low, high = corners.min(1), corners.max(1)
+    overlaps = (
+        (high[:, 0] >= roi.x0 - 1)
+        & (low[:, 0] <= roi.x1)
+        & (high[:, 1] >= roi.y0 - 1)
+        & (low[:, 1] <= roi.y1)
+    )
+    return order[overlaps]
+
+
 def rasterize_ids(
     triangles: np.ndarray, dest: np.ndarray, roi: Roi, order: np.ndarray, scale: int = 1
 ) -> np.ndarray:
@@ -112,7 +126,7 @@ def warp_maps(
     else:
         tri_depth = depth[triangles].mean(1)
         order = np.flatnonzero(valid)[np.argsort(-tri_depth[valid], kind="stable")]
-    ids = rasterize_ids(triangles, dest, roi, order, scale)
+    ids = rasterize_ids(triangles, dest, roi, within(triangles, dest, roi, order), scale)
     covered = ids > 0
     # Extend each edge triangle's map one step outwards: anti-aliased edges drawn over the
     # mesh's holes find real texture under them, and interpolating maps up (scale > 1) never
