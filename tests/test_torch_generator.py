@@ -178,7 +178,7 @@ def test_the_background_outside_the_person_is_the_still_frame(astronaut):
     motion = Motion(yaw=-20.0, roll=6.0, shift=(0.1, -0.05), mouth_open=0.2)
     expected, got = cpu.render(motion), gpu.render(motion)
     assert (expected != cpu.still).any(-1).mean() > 0.01  # the person did move
-    shift = np.array(motion.shift) * cpu.unit
+    shift = cpu.body_shift(motion)[:2]
     person = person_sweep(astronaut.person, cpu.framing.matrix(), HD, shift)
     triangles = cpu.mesh.triangles  # the head (face, hair to its outline) and the neck turn,
     turns = np.unique(triangles[(cpu.mesh.rigidity[triangles] > 0).any(1)])  # with what
@@ -186,6 +186,8 @@ def test_the_background_outside_the_person_is_the_still_frame(astronaut):
     hull = cv2.convexHull(head.astype(np.float32))
     cv2.fillConvexPoly(person.view(np.uint8), np.round(hull).astype(np.int32), 1)
     near = cv2.dilate(person.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    near[-4:] = True  # the image's bottom edge holds its row (the torso goes on below) as the
+    # body slides: the last rows shear where the person's soft edge meets it
     assert 0.05 < (~near).mean() < 0.9
     assert np.array_equal(got[~near], gpu.still[~near])
     assert np.array_equal(expected[~near], cpu.still[~near])

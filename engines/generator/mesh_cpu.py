@@ -73,6 +73,8 @@ KEEP_IN_PLACE = np.array(
 )
 # ... less so towards the corners, where the lids meet anyway (no fold at the corners)
 LID_PROFILE = np.sin(np.linspace(0.0, np.pi, len(RIGHT_EYE_UPPER))) ** 0.3
+NECK = np.array([0.0, 0.8, 1.0])  # the joint the head turns on, from the face's centre (eye
+# distances): below it and behind, where the spine meets the skull
 SLIVER = 0.01  # a face triangle under this share of the median one's area is a sliver
 FACE_HEIGHT_SHARE = 0.55  # at most this share of the output height is face (chin to brow)
 
@@ -570,6 +572,12 @@ class MeshGenerator:
         # the face by its own lever on top of the measured shift: 0.045 → 0.028 AKD on a clip
         # of head turns). Where the real pivot, the neck, sits is already in that shift.
         self.pivot = self.rest[RIGID].mean(0)
+        vertices = self.mesh.vertices
+        self.image_bottom = np.flatnonzero(  # the image's bottom edge (not the frame below)
+            (np.abs(vertices[:, 1] - (img_h - 1)) < 1e-6)
+            & (vertices[:, 0] >= 0)
+            & (vertices[:, 0] <= img_w - 1)
+        )
         triangles = self.mesh.triangles
         self.moving = triangles[self.mesh.rigidity[triangles].max(1) > 0]  # with the head
         follows = (self.mesh.rigidity > 0) | (self.mesh.body > 0)
@@ -615,10 +623,23 @@ class MeshGenerator:
         rotation = angles_to_rotation(motion.yaw, motion.pitch, motion.roll)
         shift = np.array([*motion.shift, 0.0]) * self.unit
         head = (face - self.pivot) @ rotation.T * motion.scale + self.pivot + shift
-        body = (self.rest - self.pivot) * motion.scale + self.pivot + shift - self.rest
+        body_shift = self.body_shift(motion)
+        body = (self.rest - self.pivot) * motion.scale + self.pivot + body_shift - self.rest
         rigid = self.mesh.rigidity[:, None]
         own = face - self.rest + self.mesh.body[:, None] * body  # all but the turn
-        return self.rest + rigid * (head - self.rest) + (1.0 - rigid) * own
+        dest = self.rest + rigid * (head - self.rest) + (1.0 - rigid) * own
+        dest[self.image_bottom, 1] = self.rest[self.image_bottom, 1]  # the torso goes on below
+        return dest  # the image: moved up, it must not show a gap under it
+
+    def body_shift(self, motion: Motion) -> np.ndarray:
+        """How far (output pixels, x y 0) the body moves: as the neck does, the face's shift
+        less what turning on the neck explains (a nod moves the face's centre, never the
+        shoulders)."""
+        rotation = angles_to_rotation(motion.yaw, motion.pitch, motion.roll)
+        neck = NECK * self.unit
+        moved = np.array([*motion.shift, 0.0]) * self.unit + neck @ rotation.T - neck
+        moved[2] = 0.0
+        return moved
 
     def _flipped(self, face: np.ndarray) -> np.ndarray:
         return np.sign(signed_areas(self.fold_triangles, face[:, :2])) != self.rest_sign

@@ -4,7 +4,8 @@ looks at before calling the generator better (`make eval`).
     python -m thc_tools.poses --data ../shared/data --out reports   → reports/poses.png
 
 One row per avatar; columns: at rest, nod down and up (pitch ±20°), turn (yaw ±30°), tilt
-(roll ±25°), a lean towards the camera with a slide sideways, a wide-open mouth, a smile.
+(roll ±25°), each about the neck as a person turns, a lean towards the camera with a slide
+sideways, a wide-open mouth, a smile.
 Each tile is the generator's own output at the avatar's own size, scaled to one height.
 """
 
@@ -20,10 +21,10 @@ import cv2
 import numpy as np
 
 from daemon.config import Config
-from engines.facegeom import MOUTH_LEFT, MOUTH_RIGHT
+from engines.facegeom import MOUTH_LEFT, MOUTH_RIGHT, angles_to_rotation
 from engines.generator.avatar_prep import prepare_avatar
 from engines.generator.config import MeshGeneratorConfig
-from engines.generator.mesh_cpu import MeshGenerator
+from engines.generator.mesh_cpu import NECK, MeshGenerator
 from engines.motion.estimator import Motion
 from thc_tools.evaluate import report_parser, run_report
 
@@ -39,13 +40,23 @@ def smile(strength: float) -> np.ndarray:
     return expression
 
 
+def about_the_neck(yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0) -> Motion:
+    """A head turned as a person turns it, on the neck: the generator turns the head about
+    the face's centre, so the face's centre moves by what turning about the neck adds (a
+    driver's measured motion has that shift in it; a bare rotation would swing the skull
+    about the nose)."""
+    rotation = angles_to_rotation(yaw, pitch, roll)
+    shift = -(NECK @ rotation.T - NECK)[:2]
+    return Motion(yaw=yaw, pitch=pitch, roll=roll, shift=(float(shift[0]), float(shift[1])))
+
+
 POSES: tuple[tuple[str, Motion], ...] = (
     ("rest", Motion()),
-    ("nod down 20", Motion(pitch=-20.0)),
-    ("nod up 20", Motion(pitch=20.0)),
-    ("turn 30", Motion(yaw=30.0)),
-    ("turn -30", Motion(yaw=-30.0)),
-    ("roll 25", Motion(roll=25.0)),
+    ("nod down 20", about_the_neck(pitch=20.0)),  # positive pitch: the nose goes down
+    ("nod up 20", about_the_neck(pitch=-20.0)),
+    ("turn 30", about_the_neck(yaw=30.0)),
+    ("turn -30", about_the_neck(yaw=-30.0)),
+    ("roll 25", about_the_neck(roll=25.0)),
     ("lean + slide", Motion(scale=1.2, shift=(0.6, 0.1))),
     ("mouth wide", Motion(mouth_open=0.45)),
     ("smile", Motion(expression=smile(0.08), mouth_open=0.08)),
