@@ -31,9 +31,9 @@ class SmoothingConfig(Section):
         1.0, gt=0, le=30, description="cutoff when still: lower = steadier, more lag"
     )
     beta: float = Field(
-        100.0, ge=0, le=1000, description="how fast the cutoff rises with speed: higher = less lag"
+        20.0, ge=0, le=1000, description="how fast the cutoff rises with speed: higher = less lag"
     )
-    d_cutoff_hz: float = Field(1.0, gt=0, le=30, description="cutoff of the speed estimate")
+    d_cutoff_hz: float = Field(5.0, gt=0, le=30, description="cutoff of the speed estimate")
 
 
 class CalibrationConfig(Section):
