@@ -5,7 +5,7 @@ looks at before calling the generator better (`make eval`).
 
 One row per avatar; columns: at rest, nod down and up (pitch ±20°), turn (yaw ±30°), tilt
 (roll ±25°), each about the neck as a person turns, a lean towards the camera with a slide
-sideways, a wide-open mouth, a smile.
+sideways, a wide-open mouth, a smile, a blink, a look down (the gaze lowered, the head a little).
 Each tile is the generator's own output at the avatar's own size, scaled to one height.
 """
 
@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -60,6 +61,8 @@ POSES: tuple[tuple[str, Motion], ...] = (
     ("lean + slide", Motion(scale=1.2, shift=(0.6, 0.1))),
     ("mouth wide", Motion(mouth_open=0.45)),
     ("smile", Motion(expression=smile(0.08), mouth_open=0.08)),
+    ("blink", Motion(eye_open=(0.0, 0.0))),
+    ("look down", replace(about_the_neck(pitch=8.0), gaze=(0.0, 0.25), eye_open=(0.75, 0.75))),
 )
 
 
