@@ -61,10 +61,6 @@ class Motion:
     gaze: tuple[float, float] = (0.0, 0.0)  # iris offset from the neutral's, in eye widths
     mouth_open: float = 0.0  # inner-lip gap per eye distance, added to the neutral's
     mouth_width: float = 0.0  # mouth width per eye distance, added to the neutral's
-    # How much of the avatar's own resting mouth gap stays (1: the avatar as it is, lips
-    # parted if its lips part; 0: the driver's mouth alone, counted from shut). Idle keeps
-    # it; a tracked face eases it away, so a face found never snaps the avatar's lips shut.
-    mouth_own: float = 1.0
 
     def blend(self, other: Motion, weight: float) -> Motion:
         """(1 − weight) · self + weight · other, channel by channel; the state is other's."""
@@ -91,7 +87,6 @@ class Motion:
             gaze=mix(self.gaze, other.gaze),
             mouth_open=self.mouth_open + w * (other.mouth_open - self.mouth_open),
             mouth_width=self.mouth_width + w * (other.mouth_width - self.mouth_width),
-            mouth_own=self.mouth_own + w * (other.mouth_own - self.mouth_own),
         )
 
 
@@ -411,7 +406,6 @@ class MotionEstimator:
             gaze=(float(gaze[0] * gains.eyes), float(gaze[1] * gains.eyes)),
             mouth_open=float((mouth_opening(local) - neutral.mouth_open) * gains.mouth),
             mouth_width=float((mouth_width(local) - neutral.mouth_width) * gains.mouth),
-            mouth_own=0.0,
         )
 
 
