@@ -624,7 +624,7 @@ class MeshGenerator:
         rotation = angles_to_rotation(motion.yaw, motion.pitch, motion.roll)
         shift = np.array([*motion.shift, 0.0]) * self.unit
         head = (face - self.pivot) @ rotation.T * motion.scale + self.pivot + shift
-        body_shift = self.body_shift(motion)
+        body_shift = self.body_shift(motion, rotation)
         body = (self.rest - self.pivot) * motion.scale + self.pivot + body_shift - self.rest
         rigid = self.mesh.rigidity[:, None]
         own = face - self.rest + self.mesh.body[:, None] * body  # all but the turn
@@ -632,11 +632,12 @@ class MeshGenerator:
         dest[self.image_bottom, 1] = self.rest[self.image_bottom, 1]  # the torso goes on below
         return dest  # the image: moved up, it must not show a gap under it
 
-    def body_shift(self, motion: Motion) -> np.ndarray:
+    def body_shift(self, motion: Motion, rotation: np.ndarray | None = None) -> np.ndarray:
         """How far (output pixels, x y 0) the body moves: as the neck does, the face's shift
         less what turning on the neck explains (a nod moves the face's centre, never the
-        shoulders)."""
-        rotation = angles_to_rotation(motion.yaw, motion.pitch, motion.roll)
+        shoulders). `rotation`: the motion's, where the caller has it already."""
+        if rotation is None:
+            rotation = angles_to_rotation(motion.yaw, motion.pitch, motion.roll)
         neck = NECK * self.unit
         moved = np.array([*motion.shift, 0.0]) * self.unit + neck @ rotation.T - neck
         moved[2] = 0.0
@@ -751,14 +752,19 @@ class MeshGenerator:
         ]
         return out, inverse
 
+    def output_to_work(self) -> list[list[float]]:
+        """The whole output frame → working pixels (pixel centres aligned, as to_work maps
+        points); the patches' maps are this one offset (output_box). Shared with torch."""
+        kx, ky = self.work_per_output
+        return [[kx, 0.0, 0.5 * kx - 0.5], [0.0, ky, 0.5 * ky - 0.5]]
+
     def _scale_up(self, work: np.ndarray) -> np.ndarray:
         """A whole working frame scaled up to the output, exactly as _to_output scales a
         patch of it (the same warp, so a patch of the background equals the still frame's
         own pixels: nothing flickers at the patch's edge, or under it where nothing moved)."""
         if self.work_per_output == (1.0, 1.0):
             return work.copy()
-        kx, ky = self.work_per_output
-        inverse = np.float32([[kx, 0.0, 0.5 * kx - 0.5], [0.0, ky, 0.5 * ky - 0.5]])
+        inverse = np.float32(self.output_to_work())
         return cv2.warpAffine(
             work,
             inverse,

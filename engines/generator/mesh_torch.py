@@ -110,8 +110,7 @@ class TorchMeshGenerator(MeshGenerator):
         patch where nothing moved is then the still frame's own pixels, background and all."""
         if self.work_per_output == (1.0, 1.0):
             return torch.from_numpy(np.array(self.still_work)).to(self.device)
-        kx, ky = self.work_per_output
-        inverse = [[kx, 0.0, 0.5 * kx - 0.5], [0.0, ky, 0.5 * ky - 0.5]]
+        inverse = self.output_to_work()
         work = _image_tensor(self.still_work, self.device)
         up = affine_sample(work, inverse, self.height, self.width, replicate=True)
         return up.permute(1, 2, 0).round().to(torch.uint8).contiguous()
