@@ -12,6 +12,7 @@ and a mouth interior, and the person is composited over a still background.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 
 import cv2
@@ -65,6 +66,9 @@ LID_DRIVEN = sorted(
 # edge come down whole, the skin above them stretches (a closed lid, not a squashed eye).
 CREASE_TRAVEL, BROW_RING_TRAVEL = 0.9, 0.35
 LID_OVERSHOOT = 1.2  # a shut lid tucks just past the lower one: no sliver of eye remains
+LASH_LINE = 0.05  # a shut lid's lash line, thickness per eye width
+LID_SKIN = 0.6  # a shut lid's colour: this share the skin under the eye, the rest its own
+SHUT_FROM = 0.5  # lid closure from which the shut lid's own skin fades in
 # Vertices whose place is the signal itself (lid edges, inner lips): a fold is undone by
 # moving their neighbours first.
 KEEP_IN_PLACE = np.array(
@@ -210,12 +214,14 @@ def _blend(background: np.ndarray, foreground: np.ndarray, alpha: np.ndarray) ->
 
 class LidState:
     """Blink signal → lid closure (0 open .. 1 shut), with hysteresis: the tracker never
-    reads a closed eye as 0 (more like 0.2–0.3 of open), and one threshold would flicker."""
+    reads a closed eye as 0 (more like 0.2–0.3 of open), and one threshold would flicker.
+    A shut lid opens again once the driver's eye is half open: held shut until nearly fully
+    open, two blinks with a half-open eye between were shown as one long one."""
 
-    CLOSE_BELOW = 0.52
-    OPEN_ABOVE = 0.62
+    CLOSE_BELOW = 0.42
+    OPEN_ABOVE = 0.5
     SHUT_READING = 0.3  # what a shut eye reads (relative to the neutral's opening)
-    MAX_PARTIAL = 0.8
+    MAX_PARTIAL = 0.85
     MAX_WIDENING = 0.3  # eyes opened wider than the neutral's raise the lids (surprise)
 
     def __init__(self) -> None:
@@ -244,11 +250,18 @@ class Eyeball:
     # the iris lands on its own pixels, unresampled
     corners: tuple[int, int]  # landmark indices: outer, inner
     width: float  # corner to corner
+    shut: np.ndarray  # BGR, the sclera patch's place in the shut lids' texture
 
 
 def build_eyeball(
-    image: np.ndarray, points: np.ndarray, upper: list[int], lower: list[int], iris: int
+    image: np.ndarray,
+    points: np.ndarray,
+    upper: list[int],
+    lower: list[int],
+    iris: int,
+    shut: np.ndarray,
 ) -> Eyeball:
+    """`shut`: the avatar with its lids shut (see shut_lid_texture)."""
     corners = (upper[0], upper[-1])
     opening = np.vstack([points[upper, :2], points[lower[-2:0:-1], :2]])
     width = float(np.linalg.norm(points[corners[0], :2] - points[corners[1], :2]))
@@ -293,7 +306,93 @@ def build_eyeball(
         sy0:sy1, sx0:sx1
     ]
     iris_origin = origin + np.array([cx - half, cy - half], np.float64)
-    return Eyeball(origin, sclera, iris_patch, iris_origin, corners, width)
+    return Eyeball(
+        origin, sclera, iris_patch, iris_origin, corners, width, shut[y0:y1, x0:x1].copy()
+    )
+
+
+def shut_lid_texture(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The avatar (BGR) with each upper lid, margin to crease, redrawn as a shut lid: skin
+    filled in from around it and one lash line along the margin. A blink stretches this lid
+    over the eye; the avatar's own lid band (lashes, a hooded fold, a painted shadow) stretched
+    that far read as a narrowed eye to a person and to the tracker (0.7–1.1 of open on a
+    squinting photo and a painting, against 0.2 for a real shut eye)."""
+    shut = image.copy()
+    for upper, lower, crease, _ in EYES:
+        width = float(np.linalg.norm(points[upper[0], :2] - points[upper[-1], :2]))
+        if width < 4.0:
+            continue
+        lid = np.vstack([points[upper, :2], points[crease[::-1], :2]])
+        opening = np.vstack([points[upper, :2], points[lower[-2:0:-1], :2]])
+        mask = np.zeros(image.shape[:2], np.uint8)
+        cv2.fillPoly(mask, [np.round(lid).astype(np.int32)], 255)
+        cv2.fillPoly(mask, [np.round(opening).astype(np.int32)], 255)
+        grow = max(1, round(0.04 * width))
+        mask = cv2.dilate(mask, np.ones((2 * grow + 1,) * 2, np.uint8))
+        lash = _lash_colour(image, points[upper, :2], width)
+        filled = cv2.inpaint(shut, mask, max(2.0, 0.15 * width), cv2.INPAINT_TELEA)
+        # a shut lid faces the light as the skin under the eye does, not the socket's shadow
+        skin = _skin_under(image, points[lower, :2], width)
+        lit = cv2.addWeighted(filled, 1.0 - LID_SKIN, np.full_like(filled, skin), LID_SKIN, 0.0)
+        soft = cv2.GaussianBlur(mask, (0, 0), max(1.0, 0.05 * width))
+        shut = _blend(filled, lit, soft)
+        shut = _blend(
+            shut, np.full_like(shut, lash), _lash_line(mask.shape, points[upper, :2], width)
+        )
+    return shut
+
+
+def _skin_under(image: np.ndarray, lower: np.ndarray, width: float) -> np.ndarray:
+    """The median colour of a band of skin under the lower lid."""
+    band = np.zeros(image.shape[:2], np.uint8)
+    inner = lower[1:-1] + np.array([0.0, 0.12 * width])
+    outer = lower[-2:0:-1] + np.array([0.0, 0.3 * width])
+    cv2.fillPoly(band, [np.round(np.vstack([inner, outer])).astype(np.int32)], 255)
+    pixels = image[band > 0]
+    if len(pixels) == 0:
+        return np.round(image.reshape(-1, 3).mean(0)).astype(np.uint8)
+    return np.median(pixels, axis=0).astype(np.uint8)
+
+
+def _lash_line(shape: tuple[int, ...], margin: np.ndarray, width: float) -> np.ndarray:
+    """Alpha of a shut lid's lash line: along the margin, on the lid's side of it (the
+    lid's triangles carry it down; the eye's side is the eye's), thickest in the middle."""
+    line = np.zeros(shape[:2], np.uint8)
+    thickness = LASH_LINE * width
+    for i, (a, b) in enumerate(itertools.pairwise(margin)):
+        taper = 0.5 + 0.5 * min(LID_PROFILE[i], LID_PROFILE[i + 1])
+        lift = np.array([0.0, -0.5 * thickness * taper])
+        ends = np.round(np.array([a + lift, b + lift]) * 16).astype(np.int32)
+        cv2.line(
+            line,
+            tuple(ends[0]),
+            tuple(ends[1]),
+            255,
+            max(1, round(thickness * taper)),
+            cv2.LINE_AA,
+            4,
+        )
+    return line
+
+
+def _lash_colour(image: np.ndarray, margin: np.ndarray, width: float) -> np.ndarray:
+    """The darkest tenth of the pixels along the upper lid's margin: its lashes."""
+    band = np.zeros(image.shape[:2], np.uint8)
+    cv2.polylines(
+        band, [np.round(margin).astype(np.int32)], False, 255, max(1, round(0.08 * width))
+    )
+    pixels = image[band > 0].astype(np.float64)
+    if len(pixels) == 0:
+        return np.zeros(3, np.uint8)
+    darkest = pixels[np.argsort(pixels.sum(1))[: max(1, len(pixels) // 10)]]
+    return np.round(darkest.mean(0)).astype(np.uint8)
+
+
+def shut_weight(closure: float) -> float:
+    """How much of the shut lid's texture a lid closed this far shows: none while the eye is
+    open or narrowed (a squint keeps the avatar's own lid), all of it once shut."""
+    t = float(np.clip((closure - SHUT_FROM) / (1.0 - SHUT_FROM), 0.0, 1.0))
+    return t * t * (3.0 - 2.0 * t)
 
 
 def _similarity(
@@ -561,11 +660,15 @@ class MeshGenerator:
         self.still_work = _blend(self.background, person[:, :, :3], person[:, :, 3])
         self.still = self._scale_up(self.still_work)
         self.still.setflags(write=False)
+        shut = shut_lid_texture(self.layers.image, avatar.points)
+        self.bgra_shut = np.dstack([shut, avatar.person])
         self.eyeballs = [
-            build_eyeball(avatar.image, avatar.points, up, low, iris) for up, low, _, iris in EYES
+            build_eyeball(avatar.image, avatar.points, up, low, iris, shut)
+            for up, low, _, iris in EYES
         ]
         self.mouth_colours = MouthColours.sample(avatar.image, avatar.points)
         self.lids = [LidState(), LidState()]
+        self.closures = [0.0, 0.0]  # the lids' closure in the last frame deformed
         # The head turns about the centre of its rigid landmarks: the point whose movement the
         # motion's shift measures, so a turn is not counted twice (a pivot further back moved
         # the face by its own lever on top of the measured shift: 0.045 → 0.028 AKD on a clip
@@ -605,6 +708,7 @@ class MeshGenerator:
     def deform(self, motion: Motion) -> np.ndarray:
         """Vertex positions (output pixels, with depth) for this motion."""
         closures = [lid.closure(e) for lid, e in zip(self.lids, motion.eye_open, strict=True)]
+        self.closures = closures
         signals = self.rest.copy()  # the signals alone: jaw drop and lids
         self._open_mouth(signals, motion.mouth_open)
         self._close_lids(signals, closures)
@@ -806,7 +910,18 @@ class MeshGenerator:
             self.bgra, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
         )
         offset = np.array([roi.x0, roi.y0], np.float64)
-        for eyeball, (upper, lower, _, _) in zip(self.eyeballs, EYES, strict=True):
+        for box, weight in self.shut_lid_boxes(dest, roi):
+            shut = cv2.remap(
+                self.bgra_shut,
+                map_x[box],
+                map_y[box],
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+            )
+            person[box] = cv2.addWeighted(person[box], 1.0 - weight, shut, weight, 0.0)
+        for eyeball, (upper, lower, _, _), closure in zip(
+            self.eyeballs, EYES, self.closures, strict=True
+        ):
             self._paint_eye(
                 person,
                 eyeball,
@@ -815,6 +930,7 @@ class MeshGenerator:
                 dest,
                 offset,
                 motion.gaze,
+                shut_weight(closure),
             )
         if not self.mesh.mouth_open_at_rest:
             upper = dest[LIPS_UPPER_INNER, :2] - offset
@@ -831,6 +947,26 @@ class MeshGenerator:
         frame = self.still.copy()
         frame[out_roi.slices] = patch
         return frame
+
+    def shut_lid_boxes(self, dest: np.ndarray, roi: Roi) -> list[tuple[tuple[slice, slice], float]]:
+        """Where (slices of the ROI) and how much each closing lid shows its shut texture
+        (see shut_lid_texture): a box around the lid and eye, the rest is the same in both.
+        Shared with the torch generator."""
+        boxes = []
+        for (upper, lower, crease, _), brow, closure in zip(
+            EYES, BROW_RINGS, self.closures, strict=True
+        ):
+            weight = shut_weight(closure)
+            if weight <= 0.0:
+                continue
+            ring = dest[upper + lower + crease + brow, :2] - (roi.x0, roi.y0)
+            x0, y0 = np.floor(ring.min(0)).astype(int) - 2
+            x1, y1 = np.ceil(ring.max(0)).astype(int) + 3
+            x0, y0 = max(x0, 0), max(y0, 0)
+            x1, y1 = min(x1, roi.width), min(y1, roi.height)
+            if x1 - x0 >= 2 and y1 - y0 >= 2:
+                boxes.append(((slice(y0, y1), slice(x0, x1)), weight))
+        return boxes
 
     def eye_maps(
         self, eyeball: Eyeball, dest: np.ndarray, box_origin: np.ndarray, gaze: tuple[float, float]
@@ -863,7 +999,10 @@ class MeshGenerator:
         dest: np.ndarray,
         offset: np.ndarray,
         gaze: tuple[float, float],
+        shut: float = 0.0,
     ) -> None:
+        """`shut`: how far the eye shows the shut lid's skin (what a lid not quite down over
+        it still leaves: no sliver of iris under a shut lid)."""
         polygon = np.vstack([upper, lower[-2:0:-1]])
         (x0, y0) = np.floor(polygon.min(0)).astype(int) - 1
         (x1, y1) = np.ceil(polygon.max(0)).astype(int) + 2
@@ -890,4 +1029,13 @@ class MeshGenerator:
             eyeball.iris, iris_to_box, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
         )
         eye = _blend(eye, iris[:, :, :3], iris[:, :, 3])
+        if shut > 0.0:
+            skin = cv2.warpAffine(
+                eyeball.shut,
+                patch_to_box,
+                size,
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+            eye = cv2.addWeighted(eye, 1.0 - shut, skin, shut, 0.0)
         _paint_over(person[y0:y1, x0:x1], eye, mask)

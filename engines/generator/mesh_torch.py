@@ -27,6 +27,7 @@ from engines.generator.mesh_cpu import (
     MeshGenerator,
     MouthLayer,
     driver_mouth,
+    shut_weight,
     synthetic_mouth,
 )
 from engines.generator.torch_warp import (
@@ -95,12 +96,17 @@ class TorchMeshGenerator(MeshGenerator):
         self.device = resolve_device(device)  # fail before the CPU set-up's work
         super().__init__(config, avatar, width, height)
         self.texture = _image_tensor(self.bgra, self.device)
+        self.texture_shut = _image_tensor(self.bgra_shut, self.device)
         self.background_t = _image_tensor(self.background, self.device)
         self.still_t = self._still_tensor()
         self.still = self.still_t.cpu().numpy()
         self.still.setflags(write=False)
         self.eye_textures = [
-            (_image_tensor(eye.sclera, self.device), _image_tensor(eye.iris, self.device))
+            (
+                _image_tensor(eye.sclera, self.device),
+                _image_tensor(eye.iris, self.device),
+                _image_tensor(eye.shut, self.device),
+            )
             for eye in self.eyeballs
         ]
         log.debug("torch mesh generator on %s, working size %s", self.device, self.work_size)
@@ -127,13 +133,26 @@ class TorchMeshGenerator(MeshGenerator):
         self.last_dest = self.deform(motion)
         dest = self.to_work(self.last_dest)
         roi = self.roi(dest)
-        person = self._warp_person(dest, roi)
+        person, map_x, map_y = self._warp_person(dest, roi)
         offset = np.array([roi.x0, roi.y0], np.float64)
-        for eyeball, textures, (upper, lower, _, _) in zip(
-            self.eyeballs, self.eye_textures, EYES, strict=True
+        for (ys, xs), weight in self.shut_lid_boxes(dest, roi):
+            shut = sample(self.texture_shut, map_x[ys, xs], map_y[ys, xs])
+            box = person[:, ys, xs]
+            person[:, ys, xs] = (box * (1.0 - weight) + shut * weight).round_()
+        for eyeball, textures, (upper, lower, _, _), closure in zip(
+            self.eyeballs, self.eye_textures, EYES, self.closures, strict=True
         ):
             polygon = np.vstack([dest[upper, :2], dest[lower[-2:0:-1], :2]]) - offset
-            self._paint_eye(person, eyeball, textures, polygon, dest, offset, motion.gaze)
+            self._paint_eye(
+                person,
+                eyeball,
+                textures,
+                polygon,
+                dest,
+                offset,
+                motion.gaze,
+                shut_weight(closure),
+            )
         mouth = self._mouth_layer(dest, offset, roi, motion, driver)
         if mouth is not None:
             self._paint_layer(person, mouth)
@@ -143,9 +162,12 @@ class TorchMeshGenerator(MeshGenerator):
         frame[out_roi.slices] = patch.permute(1, 2, 0).round().to(torch.uint8)
         return frame
 
-    def _warp_person(self, dest: np.ndarray, roi: Roi) -> torch.Tensor:
+    def _warp_person(
+        self, dest: np.ndarray, roi: Roi
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The avatar's BGRA as the moved mesh shows it over the ROI (working pixels): the
-        warp maps at 1/map_scale, scaled up exactly, then one bilinear sampling."""
+        warp maps at 1/map_scale, scaled up exactly, then one bilinear sampling; and the maps
+        (the shut lids sample them too)."""
         scale = self.config.map_scale
         triangles = self.mesh.triangles
         affines, valid = triangle_affines(triangles, dest[:, :2], self.source)
@@ -167,17 +189,18 @@ class TorchMeshGenerator(MeshGenerator):
         map_x, map_y = affine_maps(grow_ids(ids), upload(table, self.device), origin, scale)
         map_x = upsample_map(map_x, scale, roi.height, roi.width)
         map_y = upsample_map(map_y, scale, roi.height, roi.width)
-        return sample(self.texture, map_x, map_y)
+        return sample(self.texture, map_x, map_y), map_x, map_y
 
     def _paint_eye(
         self,
         person: torch.Tensor,
         eyeball: Eyeball,
-        textures: tuple[torch.Tensor, torch.Tensor],
+        textures: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         polygon: np.ndarray,
         dest: np.ndarray,
         offset: np.ndarray,
         gaze: tuple[float, float],
+        shut: float = 0.0,
     ) -> None:
         """The eyeball (white, and the iris moved by the gaze) inside the lids' opening, as
         MeshGenerator._paint_eye draws it."""
@@ -193,10 +216,13 @@ class TorchMeshGenerator(MeshGenerator):
         patch_to_box, iris_to_box = (
             m.astype(np.float64) for m in self.eye_maps(eyeball, dest, box_origin, gaze)
         )
-        sclera, iris = textures
+        sclera, iris, skin = textures
         eye = affine_sample(sclera, _inverse_affine(patch_to_box), height, width, replicate=True)
         iris = affine_sample(iris, _inverse_affine(iris_to_box), height, width, replicate=False)
         eye = blend(eye, iris[:3], iris[3])
+        if shut > 0.0:
+            skin = affine_sample(skin, _inverse_affine(patch_to_box), height, width, replicate=True)
+            eye = (eye * (1.0 - shut) + skin * shut).round_()
         paint_over(person[:, y0:y1, x0:x1], eye, mask)
 
     def _mouth_layer(
