@@ -205,9 +205,7 @@ def test_at_rest_the_head_is_the_avatar_itself(request, avatar, map_scale):
     height, width = prepared.image.shape[:2]
     gen = generator(prepared, (width, height), map_scale=map_scale)
     assert gen.framing.scale == 1.0 and not gen.framing.offset.any()
-    # "Zero motion": a driver doing what the avatar shows, lips parted as far as its own
-    # (the astronaut smiles with parted lips; the mouth signal counts from shut)
-    frame = gen.render(Motion(mouth_open=resting_mouth_gap(prepared.points)))
+    frame = gen.render(Motion())
     head = head_region(prepared)
     assert psnr(frame, prepared.image, head) >= 40.0
     detail = [
@@ -725,20 +723,27 @@ def parted_lips(cache) -> PreparedAvatar:
 
 
 def test_parted_lips_open_from_their_own_gap_and_close(parted_lips, retrack):
-    """An avatar whose lips part at rest is already that open: the driver's opening (counted
-    from shut) at the avatar's own gap shows the avatar itself, a shut driver mouth shuts
-    the avatar's, and a wider one opens it by the difference only (not on top of its gap).
-    Before: the gap was counted twice and the mouth never closed."""
+    """An avatar whose lips part at rest is already that open. Idle (Motion()), it stays as
+    it is; a tracked driver's opening (counted from shut) at the avatar's own gap shows the
+    avatar itself too, a shut driver mouth shuts the avatar's, and a wider one opens it by
+    the difference only (not on top of its gap). Before: the gap was counted twice and the
+    mouth never closed."""
     gap = resting_mouth_gap(parted_lips.points)
     assert gap > 0.05, gap  # the photo's lips do part
-    rest = generator(parted_lips, TRACK_SIZE).render(Motion())
-    own = generator(parted_lips, TRACK_SIZE).render(Motion(mouth_open=gap))
-    assert mouth_opening(retrack(rest)) < 0.5 * gap  # shut: seen 0.086 → 0.0
-    error = np.mean((own.astype(float) - generator(parted_lips, TRACK_SIZE).still) ** 2)
-    assert 10 * np.log10(255**2 / max(error, 1e-10)) > 40  # the avatar itself
-    wider = mouth_opening(
-        retrack(generator(parted_lips, TRACK_SIZE).render(Motion(mouth_open=gap + 0.1)))
-    )
+    still = generator(parted_lips, TRACK_SIZE).still
+
+    def psnr_to_still(frame: np.ndarray) -> float:
+        error = np.mean((frame.astype(float) - still) ** 2)
+        return 10 * np.log10(255**2 / max(error, 1e-10))
+
+    def render(motion: Motion) -> np.ndarray:
+        return generator(parted_lips, TRACK_SIZE).render(motion)
+
+    assert psnr_to_still(render(Motion())) > 40  # idle: the avatar itself
+    assert psnr_to_still(render(Motion(mouth_open=gap, mouth_own=0.0))) > 40
+    shut = mouth_opening(retrack(render(Motion(mouth_own=0.0))))
+    assert shut < 0.5 * gap, (gap, shut)  # seen 0.086 → 0.0
+    wider = mouth_opening(retrack(render(Motion(mouth_open=gap + 0.1, mouth_own=0.0))))
     assert gap + 0.05 < wider < gap + 0.16, (gap, wider)  # the difference: about + 0.1
 
 

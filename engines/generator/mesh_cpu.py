@@ -710,7 +710,7 @@ class MeshGenerator:
         closures = [lid.closure(e) for lid, e in zip(self.lids, motion.eye_open, strict=True)]
         self.closures = closures
         signals = self.rest.copy()  # the signals alone: jaw drop and lids
-        self._open_mouth(signals, motion.mouth_open)
+        self._open_mouth(signals, motion.mouth_open, motion.mouth_own)
         self._close_lids(signals, closures)
         face = signals.copy()
         if motion.expression is not None:
@@ -792,13 +792,14 @@ class MeshGenerator:
                 continue
             face[ids] = self.rest[ids]  # at last: back to rest (rest has no fold)
 
-    def _open_mouth(self, face: np.ndarray, mouth_open: float) -> None:
+    def _open_mouth(self, face: np.ndarray, mouth_open: float, mouth_own: float) -> None:
         """Move the jaw to the measured opening: the driver's opening (counted from shut), in
         the avatar's own proportions, whatever the driver's face shape or its neutral's mouth.
-        An avatar whose lips part at rest is already open by its resting gap: a smaller
-        opening raises its jaw (a closed driver mouth closes it), a larger one drops it by the
-        difference only (the avatar's own opening is not counted twice)."""
-        drop = (max(0.0, mouth_open) - self.rest_gap) * self.unit
+        An avatar whose lips part at rest is already open by its resting gap: the driver's
+        smaller opening raises its jaw (a shut driver mouth shuts it), a larger one drops it
+        by the difference only (the avatar's own opening is not counted twice). `mouth_own`
+        keeps that share of the resting gap on top (idle: the avatar as it is)."""
+        drop = (max(0.0, mouth_open) - (1.0 - mouth_own) * self.rest_gap) * self.unit
         face[:N_FACE, 1] += drop * self.jaw
 
     def _close_lids(self, face: np.ndarray, closures: list[float]) -> None:

@@ -61,6 +61,10 @@ class Motion:
     gaze: tuple[float, float] = (0.0, 0.0)  # iris offset from the neutral's, in eye widths
     mouth_open: float = 0.0  # inner-lip gap per eye distance, added to the neutral's
     mouth_width: float = 0.0  # mouth width per eye distance, added to the neutral's
+    # How much of the avatar's own resting mouth gap stays (1: the avatar as it is, lips
+    # parted if its lips part; 0: the driver's mouth alone, counted from shut). Idle keeps
+    # it; a tracked face eases it away, so a face found never snaps the avatar's lips shut.
+    mouth_own: float = 1.0
 
     def blend(self, other: Motion, weight: float) -> Motion:
         """(1 − weight) · self + weight · other, channel by channel; the state is other's."""
@@ -87,6 +91,7 @@ class Motion:
             gaze=mix(self.gaze, other.gaze),
             mouth_open=self.mouth_open + w * (other.mouth_open - self.mouth_open),
             mouth_width=self.mouth_width + w * (other.mouth_width - self.mouth_width),
+            mouth_own=self.mouth_own + w * (other.mouth_own - self.mouth_own),
         )
 
 
@@ -104,8 +109,12 @@ class OneEuroFilter:
         self._t: float | None = None
 
     @classmethod
-    def from_config(cls, config: SmoothingConfig, beta_scale: float = 1.0) -> OneEuroFilter:
-        return cls(config.min_cutoff_hz, config.beta * beta_scale, config.d_cutoff_hz)
+    def from_config(
+        cls, config: SmoothingConfig, beta_scale: float = 1.0, d_cutoff_scale: float = 1.0
+    ) -> OneEuroFilter:
+        return cls(
+            config.min_cutoff_hz, config.beta * beta_scale, config.d_cutoff_hz * d_cutoff_scale
+        )
 
     @staticmethod
     def _alpha(cutoff_hz: np.ndarray | float, dt: float) -> np.ndarray | float:
@@ -245,8 +254,13 @@ class MotionEstimator:
 
     REFINE_RATE = 0.05  # share of a refining candidate blended into the resting shape
     REFINE_INTERVAL_S = 1.0  # at most this often
-    # A head turns slower than a lid closes: a lower beta keeps a still head steadier.
-    POSE_BETA_SCALE = 0.25
+    # The head's filter reads its speed over a longer window than the expression's (1 Hz, not
+    # 5 Hz): the tracker's frame-to-frame noise then barely opens the filter, and a still head
+    # stays still (yaw steps under 0.25°), while a real turn still does, with the full beta.
+    # The 0.25 beta before lagged the driver enough that a plain 2D similarity placed the face
+    # better on head turns and grins (self-reenactment AKD 0.034 vs 0.033; now 0.032).
+    POSE_BETA_SCALE = 1.0
+    POSE_D_CUTOFF_SCALE = 0.2
 
     def __init__(self, config: MotionConfig, seed: int = 0):
         self.config = config
@@ -255,7 +269,9 @@ class MotionEstimator:
         self._search = NeutralSearch(config.calibration)
         self._calibrate_requested = False
         self._t_refined = -math.inf
-        self._pose_filter = OneEuroFilter.from_config(config.smoothing, self.POSE_BETA_SCALE)
+        self._pose_filter = OneEuroFilter.from_config(
+            config.smoothing, self.POSE_BETA_SCALE, self.POSE_D_CUTOFF_SCALE
+        )
         self._shape_filter = OneEuroFilter.from_config(config.smoothing)
         self._last_output = Motion()
         self._last_tracked = Motion()
@@ -271,7 +287,9 @@ class MotionEstimator:
         and the tracking state are kept."""
         self.config = config
         self._search.config = config.calibration
-        self._pose_filter = OneEuroFilter.from_config(config.smoothing, self.POSE_BETA_SCALE)
+        self._pose_filter = OneEuroFilter.from_config(
+            config.smoothing, self.POSE_BETA_SCALE, self.POSE_D_CUTOFF_SCALE
+        )
         self._shape_filter = OneEuroFilter.from_config(config.smoothing)
         self._idle = self._idle or IdleAnimation() if config.idle_animation else None
 
@@ -406,6 +424,7 @@ class MotionEstimator:
             gaze=(float(gaze[0] * gains.eyes), float(gaze[1] * gains.eyes)),
             mouth_open=float((mouth_opening(local) - neutral.mouth_open) * gains.mouth),
             mouth_width=float((mouth_width(local) - neutral.mouth_width) * gains.mouth),
+            mouth_own=0.0,
         )
 
 
