@@ -5,13 +5,13 @@ interpreter must say so in one line instead of pip's resolver traceback."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import pypi_reachable
 from packaging.specifiers import SpecifierSet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,14 +84,6 @@ def resolve(python_version: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
     )
-
-
-def pypi_reachable() -> bool:
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=10).close()
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.skipif(not pypi_reachable(), reason="pypi.org is not reachable from here")
