@@ -271,7 +271,7 @@ def lid_closures(
     if len(moving) == 2:
         mean = (closures[0] + closures[1]) / 2
         closures = [c + LIDS_ALIKE * (mean - c) for c in closures]
-    return [c if shut[i] else max(c, follow) for i, c in enumerate(closures)]
+    return [c if shut[i] or follow <= 0.0 else max(c, follow) for i, c in enumerate(closures)]
 
 
 @dataclass(frozen=True, slots=True)
