@@ -8,15 +8,45 @@ SYSTEMCTL ?= systemctl
 # The team's tools (eval, bench, soak) and the test support live in tests/, apart from the product.
 TOOLS := PYTHONPATH=tests $(BIN)/python
 
-.PHONY: install demo run test soak bench bench-webrtc eval lint config install-service uninstall-service clean
+.PHONY: install install-dev check-python demo run test soak bench bench-webrtc eval lint config \
+	install-service uninstall-service clean
 
-install: $(VENV)/.installed
+# Python 3.11 or 3.12: mediapipe 0.10.14, which ships the face models, has no wheel for 3.13.
+# Checked before a venv is made, in one line (never pip's resolver traceback).
+PY_VERSION = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+PY_NEEDS = talking-head-cam needs Python 3.11 or 3.12, and $(PYTHON) is \
+	$(if $(PY_VERSION),Python $(PY_VERSION),not found) (mediapipe 0.10.14, which ships the face \
+	models, has no wheel for 3.13): install one, e.g. `uv python install 3.12`, then \
+	`make PYTHON=python3.12`
+check_python = $(if $(filter 3.11 3.12,$(PY_VERSION)),,$(error $(PY_NEEDS)))
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+check-python:
+	@$(check_python)echo "$(PYTHON): Python $(PY_VERSION), supported"
+
+# What gets installed: the core alone (the CPU path: `make demo`, `make run`); the GPU path's
+# torch, ONNX and TFLite tools (the `engines` extra, gigabytes) only where `nvidia-smi -L`
+# lists a GPU, or with ENGINES=1; the test tools and the engines for `make test` and the
+# other team targets, since the tests exercise the torch path too. One stamp per set, so that
+# asking for a larger set after a smaller one really installs it.
+ENGINES ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+install: $(VENV)/.installed-core $(if $(filter-out 0,$(ENGINES)),$(VENV)/.installed-engines)
+install-dev: $(VENV)/.installed-dev
+
+$(BIN)/python:
+	$(check_python)$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,engines]'
+
+$(VENV)/.installed-core: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
 	touch $@
+
+$(VENV)/.installed-engines: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[engines]'
+	touch $@ $(VENV)/.installed-core
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,engines]'
+	touch $@ $(VENV)/.installed-core $(VENV)/.installed-engines
 
 demo: install
 	$(BIN)/talking-head-cam demo --out out/demo.mp4 $(if $(DRIVER),--driver $(DRIVER))
@@ -26,30 +56,30 @@ run: install
 
 # Everything, the QEMU end-to-end tests (tests/e2e) included: they skip with the reason when
 # qemu/busybox/apt are missing here, and fail instead with THC_E2E_REQUIRED=1 (.ci/run).
-test: install
+test: install-dev
 	$(BIN)/python -m pytest -q --durations=12
 
 # Only the end-to-end tests in a QEMU guest (tests/e2e): the real v4l2loopback module and
 # systemd as PID 1; about 8 min without KVM. A guest that cannot be built is an error here.
 .PHONY: e2e
-e2e: install
+e2e: install-dev
 	THC_E2E_REQUIRED=1 $(BIN)/python -m pytest -q tests/e2e
 
 # The long soak: the whole daemon for 100,000 frames with every kind of fault in turn (about
 # 20 min on 2 cores) → reports/soak.md with plots; exits 1 when unhealthy. The short form
 # runs in `make test`. MALLOC_ARENA_MAX as the systemd units set it. Options: --help
-soak: install
+soak: install-dev
 	MALLOC_ARENA_MAX=2 $(TOOLS) -m thc_tools.soak --frames 100000 --out reports
 
 # Per-stage latency, loop fps and CPU use (default and 1 OpenCV thread), the daemon paced at
 # the output rate, our warp vs scikit-image's; about 30 s. Options: python -m thc_tools bench --help
-bench: install
+bench: install-dev
 	$(TOOLS) -m thc_tools --config config.yaml bench
 
 # The GPU path's networks: ONNX export (checked with onnxruntime against torch) into the
 # engine cache, then TensorRT engines where TensorRT and an NVIDIA GPU are present.
 .PHONY: engines
-engines: install
+engines: $(VENV)/.installed-engines
 	$(BIN)/talking-head-cam --config config.yaml engines
 
 # The GPU checks on a lent GPU machine (its Python 3.12 lacks these): `make gpu-wheels` here,
@@ -65,7 +95,7 @@ gpu-wheels:
 
 # Remote mode's round trip (browser camera frame → avatar frame back, median and p95) with a
 # real daemon and headless Chromium on this machine; about 30 s. Needs chromium, chromium-driver.
-bench-webrtc: install
+bench-webrtc: install-dev
 	$(BIN)/python tests/bench_webrtc.py
 
 # Dev clips × a few avatars → reports/eval.md + plots, and self-reenactment (each clip's frame 0
@@ -73,14 +103,14 @@ bench-webrtc: install
 # and scripted poses on a photo, a painting and a cartoon → reports/poses.png (all skip when
 # ../shared/data is absent).
 DATA ?= ../shared/data
-eval: install
+eval: install-dev
 	$(TOOLS) -m thc_tools.evaluate --config config.yaml --data $(DATA) --out reports
 	$(TOOLS) -m thc_tools.reenact --config config.yaml --data $(DATA) --out reports
 	$(TOOLS) -m thc_tools.poses --data $(DATA) --out reports
 
 # ruff, and the import contracts of pyproject.toml (the layers, no cycles; tests/test_architecture.py
 # runs them in `make test` too).
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	PYTHONPATH=tests $(BIN)/lint-imports

@@ -44,18 +44,23 @@ from daemon.errors import (
     UsageError,
 )
 from daemon.native_stderr import filter_native_stderr
+from engines import progress
 
 log = logging.getLogger(__name__)
 
 MAX_DEMO_S = 3600.0  # --seconds: an hour of demo is plenty (and seconds × fps stays finite)
 
 
-def setup_logging(level: str = "info") -> None:
-    """Log to stderr; under systemd (JOURNAL_STREAM set) journald adds the timestamps."""
+def setup_logging(level: str = "info", progress_lines: bool = False) -> None:
+    """Log to stderr; under systemd (JOURNAL_STREAM set) journald adds the timestamps. With
+    `progress_lines` a long command's progress shows off a terminal (engines.progress logs it
+    at info) even when the level is higher."""
     fmt = "%(levelname)s %(name)s: %(message)s"
     if "JOURNAL_STREAM" not in os.environ:
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    if progress_lines:
+        logging.getLogger(progress.__name__).setLevel(logging.INFO)
     os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging: errors only
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -496,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     merge_config_after(parser, args)
     if args.command != "run":
-        setup_logging("warning")
+        setup_logging("warning", progress_lines=True)
     try:
         return args.func(args)
     except ConfigError as exc:

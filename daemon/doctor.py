@@ -24,6 +24,8 @@ from daemon.v4l2 import (
     loopback_parameter,
     loopback_version,
 )
+from engines.errors import AvatarError
+from engines.generator.avatar import default_avatar_path, load_avatar
 from engines.runtime.backends import AcceleratorReport, probe_accelerators
 from engines.runtime.select import choose_engines
 from engines.runtime.tensorrt_runtime import EngineRecord, engine_cache_dir, list_cached_engines
@@ -73,6 +75,18 @@ def check_config(config_arg: str | None) -> tuple[Check, Config | None]:
             "fix the fields listed above; 'talking-head-cam check-config FILE' re-checks",
         ), None
     return Check("config", "ok", f"{path} is valid"), config
+
+
+def check_avatar(spec: str) -> Check:
+    """The configured avatar decodes (for 'default', the image embedded with matplotlib, which a
+    broken install can lack), so a bad avatar shows here rather than only in the daemon's log."""
+    try:
+        image = load_avatar(spec)
+    except AvatarError as exc:
+        return Check("avatar", "fail", str(exc))  # its message names the fix
+    path = default_avatar_path() if spec == "default" else Path(spec)
+    name = f"default ({path})" if spec == "default" else str(path)
+    return Check("avatar", "ok", f"{name}, {image.shape[1]}x{image.shape[0]}")
 
 
 def check_cameras(sysfs_root: Path) -> Check:
@@ -259,6 +273,7 @@ def run_checks(config_arg: str | None, sysfs_root: Path = SYSFS_ROOT) -> list[Ch
     return [
         check_python(),
         config_check,
+        *([check_avatar(config.avatar.image)] if config is not None else []),
         check_cameras(sysfs_root),
         *check_loopback(sysfs_root, cams),
         check_video_group(),

@@ -19,6 +19,7 @@ from daemon.sinks import FileSink
 from daemon.stats import RollingStats
 from engines.generator.avatar import load_avatar
 from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
+from engines.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,15 @@ def render_video(
         raise
     frames = 0
     try:
-        while (image := reader.read()) is not None:
-            t = frames / config.output.fps
-            frame = pipeline.process(CapturedFrame(image, t, frames), t)
-            if side_by_side:
-                frame = _beside(image, frame, out_config.output.width)
-            sink.write(frame)
-            frames += 1
+        with progress(reader.frame_count, "render") as bar:
+            while (image := reader.read()) is not None:
+                t = frames / config.output.fps
+                frame = pipeline.process(CapturedFrame(image, t, frames), t)
+                if side_by_side:
+                    frame = _beside(image, frame, out_config.output.width)
+                sink.write(frame)
+                frames += 1
+                bar.update()
     finally:
         reader.close()
         sink.close()
@@ -139,8 +142,10 @@ def render_demo(config: Config, out: Path, seconds: float) -> RenderResult:
     sink = _open_file_sink(config, out)
     frames = round(seconds * config.output.fps)
     try:
-        for index in range(frames):
-            sink.write(generator.render(scripted_motion(index / config.output.fps)))
+        with progress(frames, "demo") as bar:
+            for index in range(frames):
+                sink.write(generator.render(scripted_motion(index / config.output.fps)))
+                bar.update()
     finally:
         sink.close()
     return RenderResult(out, frames, config.output.fps, config.output.width, config.output.height)

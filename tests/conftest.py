@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -103,6 +104,17 @@ def read_video(path: Path) -> tuple[list[np.ndarray], float]:
         frames.append(frame)
     cap.release()
     return frames, fps
+
+
+@cache
+def pypi_reachable() -> bool:
+    """Whether pypi.org answers, asked once a session: the tests that install from PyPI skip
+    with the reason without it."""
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=10).close()
+    except OSError:
+        return False
+    return True
 
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

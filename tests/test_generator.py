@@ -41,6 +41,7 @@ from engines.facegeom import (
     RIGID,
     eye_distance,
     eye_openness,
+    eye_openness_each,
     fit_pose,
     mouth_opening,
     resting_mouth_gap,
@@ -820,6 +821,26 @@ def test_a_lid_opens_again_with_the_drivers_eye():
     assert lid.closure(0.45) == 1.0  # hysteresis: no flicker about one threshold
     between = lid.closure(0.6)
     assert 0.0 < between < 1.0, between
+
+
+def test_looking_down_lowers_both_lids_and_is_no_blink(hopper, retrack):
+    """A look down as the tracker reads it (the iris lowered, one eye read lower than the
+    other): both upper lids come down alike, neither shuts, and the tracker still reads both
+    eyes open. Before, the lower reading shut that eye alone: a wink."""
+    rest_gen = generator(hopper, TRACK_SIZE)
+    rest = retrack(rest_gen.render(Motion()))
+    gen = generator(hopper, TRACK_SIZE)
+    down = gen.render(Motion(gaze=(0.0, 0.08), eye_open=(0.38, 0.62)))
+    assert max(gen.closures) < 1.0, gen.closures  # no lid shut
+    lowered = []
+    for upper, lower, _, _ in EYES:
+        opening = rest_gen.rest[lower[4], 1] - rest_gen.rest[upper[4], 1]
+        lowered.append((gen.last_dest[upper[4], 1] - rest_gen.rest[upper[4], 1]) / opening)
+    assert min(lowered) > 0.3, lowered  # both lids well down (seen 0.93, 0.74) ...
+    assert min(lowered) > 0.7 * max(lowered), lowered  # ... and alike
+    seen = np.array(eye_openness_each(retrack(down))) / np.array(eye_openness_each(rest))
+    assert seen.min() > 0.3, seen  # the tracker reads both eyes open (seen 0.39, 0.65)
+    assert seen.max() < 0.9, seen  # and lowered
 
 
 SHUT_EYE_PAINTING = SHARED_DATA / "avatars" / "painting_1.png"  # a deep painted eye socket

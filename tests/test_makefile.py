@@ -57,3 +57,36 @@ def test_install_and_uninstall_the_user_service(tmp_path):
     assert result.returncode == 0, result.stderr
     assert not unit.exists() and not link.is_symlink()
     assert config.read_text() == "log_level: debug\n"
+
+
+def planned_installs(venv: Path, target: str, *settings: str) -> list[str]:
+    """The pip installs `make -n TARGET` would run against `venv` (nothing is run)."""
+    result = subprocess.run(
+        ["make", "-n", "-C", str(REPO), target, f"VENV={venv}", *settings],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return [line.split("-q ", 1)[1] for line in result.stdout.splitlines() if "pip install" in line]
+
+
+def test_each_install_set_has_its_own_stamp(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin/python").symlink_to(sys.executable)  # an existing venv: only pip runs
+    assert planned_installs(venv, "install", "ENGINES=") == ["-e ."]
+    assert planned_installs(venv, "install", "ENGINES=1") == ["-e .", "-e '.[engines]'"]
+    assert planned_installs(venv, "test") == ["-e '.[test,engines]'"]
+
+    (venv / ".installed-core").touch()  # the core is in: the extras are still to install
+    assert planned_installs(venv, "install", "ENGINES=") == []
+    assert planned_installs(venv, "install", "ENGINES=1") == ["-e '.[engines]'"]
+    assert planned_installs(venv, "engines") == ["-e '.[engines]'"]
+    assert planned_installs(venv, "test") == ["-e '.[test,engines]'"]
+
+    (venv / ".installed-dev").touch()  # what `make test` leaves: every set is in
+    for name in (".installed-core", ".installed-engines"):
+        (venv / name).touch()
+    assert planned_installs(venv, "test") == []
+    assert planned_installs(venv, "install", "ENGINES=1") == []

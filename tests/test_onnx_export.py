@@ -137,7 +137,9 @@ def test_engines_command_exports_checks_and_says_why_no_tensorrt(tmp_path):
         "iris_landmark.onnx",
         "manifest.json",
     ]
-    assert "ONNX export: 100%" in proc.stderr  # the progress bar
+    # its progress to a pipe: plain log lines (a bar only on a terminal, tests/test_progress.py)
+    assert "engines.progress: ONNX export: 4/4 networks (100%)" in proc.stderr
+    assert "\r" not in proc.stderr
     assert lines[-1].startswith("TensorRT engines: not built here (no NVIDIA GPU")
 
 

@@ -395,3 +395,22 @@ def test_doctor_ok_when_our_node_exists(sysfs: FakeSysfs, null_config: Path) -> 
     assert [name for name, (status, _, _) in checks.items() if status == "FAIL"] == []
     assert rc == 0
     assert output.rstrip().endswith("all good")
+
+
+def test_doctor_checks_the_avatar(tmp_path: Path, sysfs: FakeSysfs, null_config: Path) -> None:
+    rc, checks, output = doctor(null_config, sysfs)
+    status, detail, _ = checks["avatar"]
+    assert status == "OK", output
+    assert detail.startswith("default (") and detail.endswith("grace_hopper.jpg), 512x600")
+
+    missing = tmp_path / "nobody.png"
+    config = tmp_path / "missing_avatar.yaml"
+    config.write_text(f'avatar: {{image: "{missing}"}}\nsinks: [{{type: "null"}}]\n')
+    rc, checks, output = doctor(config, sysfs)
+    assert rc == 1 and "Traceback" not in output, output
+    assert checks["avatar"] == (
+        "FAIL",
+        f"avatar.image: {missing} not found; fix the path or use 'default'",
+        "",
+    )
+    assert output.rstrip().endswith("problem(s): avatar, v4l2loopback")

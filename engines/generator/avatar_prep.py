@@ -25,6 +25,7 @@ from engines.errors import AvatarError
 from engines.facegeom import N_LANDMARKS
 from engines.generator.avatar import decode_avatar, default_avatar_path, read_avatar_file
 from engines.landmarks.config import MediaPipeTrackingConfig
+from engines.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +87,28 @@ def _limit_size(image: np.ndarray) -> np.ndarray:
 
 
 def _prepare(image: np.ndarray, path: Path, sidecar: Path | None) -> PreparedAvatar:
-    if sidecar is not None:
-        points, found_by = load_sidecar(sidecar, image.shape)
-    else:
-        found = detect_avatar_landmarks(image)
-        if found is None:
-            raise AvatarError(
-                f"avatar.image: no face found in {path} (also tried it rescaled, padded and "
-                f"contrast-enhanced); add {sidecar_path(path).name} next to it with 5 key "
-                "points (see README: Avatars without a detectable face)"
-            )
-        points, found_by = found
-    person = segment_person(image, points)
-    plate = paint_out_person(image, person)
+    """The three steps, with progress: the landmark search retries several variants and the
+    painting-out of a large image takes seconds."""
+    with progress(3, f"avatar {path.name}", unit="step") as bar:
+        bar.set_postfix_str("face", refresh=False)
+        if sidecar is not None:
+            points, found_by = load_sidecar(sidecar, image.shape)
+        else:
+            found = detect_avatar_landmarks(image)
+            if found is None:
+                raise AvatarError(
+                    f"avatar.image: no face found in {path} (also tried it rescaled, padded "
+                    f"and contrast-enhanced); add {sidecar_path(path).name} next to it with 5 "
+                    "key points (see README: Avatars without a detectable face)"
+                )
+            points, found_by = found
+        bar.update()
+        bar.set_postfix_str("person", refresh=False)
+        person = segment_person(image, points)
+        bar.update()
+        bar.set_postfix_str("background", refresh=False)
+        plate = paint_out_person(image, person)
+        bar.update()
     return PreparedAvatar(image, points.astype(np.float32), person, plate, found_by, path.name)
 
 

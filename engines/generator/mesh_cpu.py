@@ -13,6 +13,7 @@ and a mouth interior, and the person is composited over a still background.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import cv2
@@ -73,6 +74,10 @@ ROW_GAP_DARKER = 0.6  # the gap between rows of teeth: this much darker than the
 LASH_LINE = 0.05  # a shut lid's lash line, thickness per eye width
 LID_SKIN = 0.6  # a shut lid's colour: this share the skin under the eye, the rest its own
 SHUT_FROM = 0.5  # lid closure from which the shut lid's own skin fades in
+GAZE_LOWERS_LIDS = 4.0  # upper lid closure per eye width the iris looks down (up to the max)
+MAX_GAZE_LOWERING = 0.35
+WINK_OTHER_OPEN = 0.75  # one eye shuts alone only while the other reads this open
+LIDS_ALIKE = 0.5  # how far each lid short of shut moves towards the two lids' mean
 # Vertices whose place is the signal itself (lid edges, inner lips): a fold is undone by
 # moving their neighbours first.
 KEEP_IN_PLACE = np.array(
@@ -231,15 +236,46 @@ class LidState:
     def __init__(self) -> None:
         self.closed = False
 
-    def closure(self, eye_open: float) -> float:
-        if self.closed and eye_open > self.OPEN_ABOVE:
+    def closure(self, eye_open: float, expected: float = 1.0) -> float:
+        """`expected`: what an open eye reads now (less than 1 while the eyes look down: the
+        lid follows the eye down, and that is no blink)."""
+        reading = eye_open / max(expected, 1e-6)
+        if self.closed and reading > self.OPEN_ABOVE:
             self.closed = False
-        elif not self.closed and eye_open < self.CLOSE_BELOW:
+        elif not self.closed and reading < self.CLOSE_BELOW:
             self.closed = True
         if self.closed:
             return 1.0
+        return self.partial(eye_open)
+
+    def partial(self, eye_open: float) -> float:
+        """The lid as low as the driver's, short of shut."""
         partial = (1.0 - eye_open) / (1.0 - self.SHUT_READING)
         return float(np.clip(partial, -self.MAX_WIDENING, self.MAX_PARTIAL))
+
+
+def lid_closures(
+    lids: Sequence[LidState], eye_open: Sequence[float], gaze_down: float
+) -> list[float]:
+    """Both lids' closure (0 open .. 1 shut), read together: the upper lids follow the eyes
+    down (a look down lowers both, and is read as no blink); one eye shuts alone only while
+    the other is clearly open (a wink stays a wink; one lid read lower than the other while
+    looking down is no wink), and lids short of shut move alike (the tracker reads the two
+    eyes unevenly, a face rarely moves them so)."""
+    follow = float(np.clip(GAZE_LOWERS_LIDS * gaze_down, 0.0, MAX_GAZE_LOWERING))
+    expected = 1.0 - follow
+    closures = [lid.closure(e, expected) for lid, e in zip(lids, eye_open, strict=True)]
+    shut = [lid.closed for lid in lids]
+    if shut[0] != shut[1]:
+        alone = shut.index(True)
+        if eye_open[1 - alone] / expected < WINK_OTHER_OPEN:
+            closures[alone] = lids[alone].partial(eye_open[alone])
+            shut[alone] = False
+    moving = [i for i in range(2) if not shut[i]]
+    if len(moving) == 2:
+        mean = (closures[0] + closures[1]) / 2
+        closures = [c + LIDS_ALIKE * (mean - c) for c in closures]
+    return [c if shut[i] else max(c, follow) for i, c in enumerate(closures)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -854,7 +890,7 @@ class MeshGenerator:
 
     def deform(self, motion: Motion) -> np.ndarray:
         """Vertex positions (output pixels, with depth) for this motion."""
-        closures = [lid.closure(e) for lid, e in zip(self.lids, motion.eye_open, strict=True)]
+        closures = lid_closures(self.lids, motion.eye_open, motion.gaze[1])
         self.closures = closures
         signals = self.rest.copy()  # the signals alone: jaw drop and lids
         self._open_mouth(signals, motion.mouth_open, motion.mouth_own)

@@ -26,7 +26,6 @@ import onnx
 import torch
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
-from tqdm import tqdm
 
 from engines.landmarks.nets import (
     INPUT_NAME,
@@ -36,6 +35,7 @@ from engines.landmarks.nets import (
     load_networks,
     model_path,
 )
+from engines.progress import progress as progress_bar
 from engines.runtime.tensorrt_runtime import cache_lock, write_atomic
 
 log = logging.getLogger(__name__)
@@ -175,11 +175,14 @@ def export_onnx(
         entries = _current_entries(out_dir)
         stale = [name for name in names if force or not _up_to_date(out_dir, entries.get(name))]
         nets = networks if networks is not None or not stale else load_networks("cpu", stale)
-        for name in tqdm(stale, desc="ONNX export", unit="network", disable=not progress):
-            net = _on_cpu(nets[name])
-            path = export_network(net, onnx_path(out_dir, name))
-            entries[name] = _manifest_entry(net, path)
-            log.info("exported %s (%d bytes)", path, path.stat().st_size)
+        with progress_bar(len(stale), "ONNX export", "network", enabled=progress) as bar:
+            for name in stale:
+                bar.set_postfix_str(name, refresh=False)
+                net = _on_cpu(nets[name])
+                path = export_network(net, onnx_path(out_dir, name))
+                entries[name] = _manifest_entry(net, path)
+                log.info("exported %s (%d bytes)", path, path.stat().st_size)
+                bar.update()
         kept = [entries[name] for name in NETWORKS if name in entries]
         manifest = {"version": MANIFEST_VERSION, "opset": OPSET, "networks": kept}
         write_atomic(out_dir / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())

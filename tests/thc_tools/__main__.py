@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     merge_config_after(parser, args)
-    setup_logging("warning")
+    setup_logging("warning", progress_lines=True)
     try:
         return args.func(args)
     except (ConfigError, TalkingHeadCamError) as exc:

@@ -72,6 +72,7 @@ from engines.generator.avatar import load_avatar
 from engines.generator.avatar_prep import face_hull_mask, prepare_avatar
 from engines.generator.interface import letterbox
 from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
+from engines.progress import progress
 
 EVAL_WIDTH, EVAL_HEIGHT = 512, 512
 FALLBACK_FPS = 30.0
@@ -728,18 +729,23 @@ def write_report(
             skipped.append(name)
             print(f"skipping avatar {name}: no face found in it")
     evaluations, self_checks, plots = [], {}, []
-    for clip in sorted((data_dir / "driving").glob("*.mp4")):
-        print(f"{clip.name}: tracking the driver", flush=True)
-        driver = Signals.measure(track(read_frames(clip)))
-        self_checks[clip.name] = evaluate_self(clip, driver)
-        per_clip = []
-        for avatar in usable:
-            print(f"{clip.name} × {avatar.name}", flush=True)
-            per_clip.append(evaluate(eval_config(config, str(avatar), width, height), clip, driver))
-        plot = f"eval_{clip.stem}.png"
-        plot_clip(out_dir / plot, clip.name, driver, per_clip)
-        plots.append(plot)
-        evaluations += per_clip
+    clips = sorted((data_dir / "driving").glob("*.mp4"))
+    with progress(len(clips) * (1 + len(usable)), "eval", unit="run") as bar:
+        for clip in clips:
+            bar.set_postfix_str(f"{clip.name}: tracking the driver", refresh=False)
+            driver = Signals.measure(track(read_frames(clip)))
+            self_checks[clip.name] = evaluate_self(clip, driver)
+            bar.update()
+            per_clip = []
+            for avatar in usable:
+                bar.set_postfix_str(f"{clip.name} × {avatar.name}", refresh=False)
+                avatar_config = eval_config(config, str(avatar), width, height)
+                per_clip.append(evaluate(avatar_config, clip, driver))
+                bar.update()
+            plot = f"eval_{clip.stem}.png"
+            plot_clip(out_dir / plot, clip.name, driver, per_clip)
+            plots.append(plot)
+            evaluations += per_clip
     report = out_dir / "eval.md"
     seconds = time.monotonic() - started
     text = format_report(str(data_dir), evaluations, self_checks, skipped, plots, seconds)
@@ -766,7 +772,7 @@ def run_report(name: str, args: argparse.Namespace, write: Callable[[Config, Pat
     from daemon.native_stderr import filter_native_stderr
 
     filter_native_stderr()
-    setup_logging("warning")
+    setup_logging("warning", progress_lines=True)
     try:
         report = write(load_config(find_config_path(args.config)), data)
     except TalkingHeadCamError as exc:

@@ -29,10 +29,12 @@ import cv2
 import numpy as np
 from thc_testing.faults import control_path, pixelate, set_fault, watch
 from thc_testing.plugin import ENV as SOAK_ENV
+from tqdm import tqdm
 
 from daemon.config import Config, load_config
 from daemon.memory import HeapStatus, heap_status
 from daemon.notify import Notifier
+from engines.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -395,29 +397,31 @@ class Soak:
     def _sample(self) -> None:
         last_t, last_frames = time.monotonic(), 0
         t0 = last_t
-        while not self._done.wait(self.sample_s):
-            loop = self.daemon.loop
-            if loop is None:
-                continue
-            now, frames = time.monotonic(), loop.frames_published
-            rss, fds, native = process_status()
-            fps = (frames - last_frames) / (now - last_t)
-            heap = heap_status() or HeapStatus(0.0, 0.0)
-            self.result.samples.append(
-                Sample(
-                    now - t0,
-                    frames,
-                    rss,
-                    fds,
-                    threading.active_count(),
-                    native,
-                    fps,
-                    heap.in_use_mib,
-                    heap.held_free_mib,
-                    sys.getallocatedblocks() / 1e3,
+        with progress(self.target, "soak") as bar:  # frames so far, at each sample
+            while not self._done.wait(self.sample_s):
+                loop = self.daemon.loop
+                if loop is None:
+                    continue
+                now, frames = time.monotonic(), loop.frames_published
+                rss, fds, native = process_status()
+                fps = (frames - last_frames) / (now - last_t)
+                heap = heap_status() or HeapStatus(0.0, 0.0)
+                self.result.samples.append(
+                    Sample(
+                        now - t0,
+                        frames,
+                        rss,
+                        fds,
+                        threading.active_count(),
+                        native,
+                        fps,
+                        heap.in_use_mib,
+                        heap.held_free_mib,
+                        sys.getallocatedblocks() / 1e3,
+                    )
                 )
-            )
-            last_t, last_frames = now, frames
+                last_t, last_frames = now, frames
+                bar.update(frames - bar.n)
 
     def _control(self) -> None:
         try:
@@ -892,7 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fault_every=args.fault_every,
             sample_s=args.sample_s,
             work=Path(work),
-            progress=lambda line: print(line, flush=True),
+            progress=lambda line: tqdm.write(line, file=sys.stdout),  # above the bar
         )
     report = write_report(result, args.out, args.name)
     problems = verdict(result)
