@@ -67,9 +67,9 @@ LID_DRIVEN = sorted(
 # edge come down whole, the skin above them stretches (a closed lid, not a squashed eye).
 CREASE_TRAVEL, BROW_RING_TRAVEL = 0.9, 0.35
 LID_OVERSHOOT = 1.2  # a shut lid tucks just past the lower one: no sliver of eye remains
+OWN_INTERIOR_UNTIL = 0.15  # jaw drop (eye distances) by which the own interior gives way
 GUM_REACH = 0.12  # how far the upper row goes on above the upper lip, per mouth width
 GUM_SHADE = 0.75  # gum: the lip's colour this much darker
-LOWER_TEETH_FROM = 0.05  # the lower teeth show once the lips part this far (eye distances)
 ROW_GAP_DARKER = 0.6  # the gap between rows of teeth: this much darker than the teeth
 LASH_LINE = 0.05  # a shut lid's lash line, thickness per eye width
 LID_SKIN = 0.6  # a shut lid's colour: this share the skin under the eye, the rest its own
@@ -275,7 +275,7 @@ def lid_closures(
     if len(moving) == 2:
         mean = (closures[0] + closures[1]) / 2
         closures = [c + LIDS_ALIKE * (mean - c) for c in closures]
-    return [c if shut[i] else max(c, follow) for i, c in enumerate(closures)]
+    return [c if shut[i] or follow <= 0.0 else max(c, follow) for i, c in enumerate(closures)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,13 +501,11 @@ def synthetic_mouth(
     colours: MouthColours,
     unit: float,
     teeth: bool = True,
-    lower_teeth: bool = False,
 ) -> MouthLayer | None:
     """A mouth interior inside the current inner-lip contour (ROI pixel coordinates): dark
     cavity, upper teeth under the upper lip (unless `teeth` is False: the avatar's own are
-    drawn over it), lower teeth over the lower lip once the jaw is well down (`lower_teeth`),
-    a tongue low at the back, shaded darker towards the corners; it fades in and grows with
-    the opening, coloured from the avatar. None while the lips meet."""
+    drawn over it), a tongue low at the back, shaded darker towards the corners; it fades in
+    and grows with the opening, coloured from the avatar. None while the lips meet."""
     polygon = np.vstack([upper, lower[-2:0:-1]])
     gap = float(np.max(lower[1:-1, 1] - upper[1:-1, 1]))
     if gap < 0.015 * unit:
@@ -548,15 +546,6 @@ def synthetic_mouth(
         cv2.fillPoly(
             box, [np.round(band * 16).astype(np.int32)], colours.teeth.tolist(), cv2.LINE_AA, 4
         )
-    if lower_teeth and gap > LOWER_TEETH_FROM * unit:  # on the jaw, along the lower lip
-        teeth_height = min(0.4 * (gap - LOWER_TEETH_FROM * unit), 0.07 * unit)
-        order = np.argsort(lower[:, 0])
-        xs = np.linspace(*np.percentile(lower[:, 0], (20, 80)), 12)
-        bottom = np.interp(xs, lower[order, 0], lower[order, 1])
-        edge = np.stack([xs, bottom], axis=1) - origin
-        band = np.vstack([edge, (edge - np.array([0.0, teeth_height]))[::-1]])
-        shade = (colours.teeth * 0.85).tolist()  # in the mouth's shadow
-        cv2.fillPoly(box, [np.round(band * 16).astype(np.int32)], shade, cv2.LINE_AA, 4)
     center_x = (upper[0, 0] + upper[-1, 0]) / 2 - x0
     xs = np.arange(box.shape[1], dtype=np.float32) - center_x
     box *= (0.45 + 0.55 * np.exp(-((xs / (0.42 * width)) ** 2)))[None, :, None]
@@ -572,15 +561,13 @@ def synthetic_mouth(
 @dataclass(frozen=True, slots=True)
 class OwnMouth:
     """A parted-lips avatar's own mouth interior, cut out at preparation into layers that move
-    whole: the upper row (teeth under the upper lip) with the skull, the lower row with the
-    jaw, over a cavity of the mouth's own darkest colour. Stretched with the lips instead,
-    opening the mouth drew the teeth out into vertical streaks."""
+    whole: the upper row (teeth under the upper lip, gum above) with the skull, the lower row
+    with the jaw. Stretched with the lips instead, opening the mouth wide drew the teeth out
+    into vertical streaks."""
 
     origin: np.ndarray  # (2,) top-left of the layers, avatar pixels
     upper: np.ndarray  # BGRA
     lower: np.ndarray  # BGRA
-    cavity: np.ndarray  # BGR
-    teeth: np.ndarray  # BGR, the colour of the brightest part of the opening (float)
 
 
 def build_own_mouth(image: np.ndarray, points: np.ndarray) -> OwnMouth:
@@ -614,13 +601,6 @@ def build_own_mouth(image: np.ndarray, points: np.ndarray) -> OwnMouth:
     near_bottom = np.clip(rows - bottom[None, :] + trim + 0.5, 0.0, 1.0)
     upper_alpha = np.maximum(above_split, near_top) * (1.0 - near_bottom)
     lower_alpha = 1.0 - upper_alpha
-    inside = opening > 0
-    pixels = patch[inside].reshape(-1, 3).astype(np.float64)
-    if len(pixels) == 0:
-        pixels = patch.reshape(-1, 3).astype(np.float64)
-    brightness = pixels.sum(1)
-    cavity = np.percentile(pixels, 5, axis=0)
-    teeth = pixels[brightness >= np.percentile(brightness, 75)].mean(0)
     upper_bgra = np.dstack([patch, np.round(255 * around * upper_alpha).astype(np.uint8)])
     reach = max(2, round(GUM_REACH * width))
     _grow_upward(upper_bgra, top - y0, reach, lip_colour(patch, top - y0))
@@ -628,8 +608,6 @@ def build_own_mouth(image: np.ndarray, points: np.ndarray) -> OwnMouth:
         origin,
         upper_bgra,
         np.dstack([patch, np.round(255 * around * lower_alpha).astype(np.uint8)]),
-        np.round(cavity).astype(np.uint8),
-        teeth,
     )
 
 
@@ -1178,8 +1156,7 @@ class MeshGenerator:
         """The own mouth's rows, whole: the upper with the skull, the lower dropped with the
         jaw, over the synthetic cavity and tongue, seen through the lips' current opening."""
         assert self.own_mouth is not None
-        colours = replace(self.mouth_colours, teeth=self.own_mouth.teeth)
-        cavity = synthetic_mouth(shape, upper, lower, colours, unit, teeth=False, lower_teeth=True)
+        cavity = synthetic_mouth(shape, upper, lower, self.mouth_colours, unit, teeth=False)
         if cavity is None:
             return None  # the lips meet
         x0, y0 = cavity.origin
@@ -1189,9 +1166,9 @@ class MeshGenerator:
         rotation, scale, _ = self.head
         jaw = skull.copy()
         jaw[:, 2] += np.array(self.work_per_output) * scale * rotation[:2, 1] * self.jaw_drop
+        box = self._own_interior(cavity, upper, lower, offset, unit).astype(np.float32)
         # The rows' weights add up (over one another, the soft seam between them would show
         # the cavity through).
-        box = cavity.box.astype(np.float32)
         cover = np.zeros((height, width, 1), np.float32)
         rows = np.zeros_like(box)
         for layer, matrix in ((self.own_mouth.upper, skull), (self.own_mouth.lower, jaw)):
@@ -1212,6 +1189,40 @@ class MeshGenerator:
         mask = np.zeros((height, width), np.uint8)
         cv2.fillPoly(mask, [np.round(polygon * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
         return MouthLayer(box, mask, (x0, y0))
+
+    def _own_interior(
+        self,
+        cavity: MouthLayer,
+        upper: np.ndarray,
+        lower: np.ndarray,
+        offset: np.ndarray,
+        unit: float,
+    ) -> np.ndarray:
+        """What shows between the rows: while the mouth opens little, the avatar's own
+        interior spread over the opening (what the real mouth shows then: more of the same
+        teeth and shade), fading into the synthetic cavity and lower teeth as the jaw drops
+        further, where spreading would draw the teeth out into streaks."""
+        assert self.own_mouth is not None
+        drop = self.jaw_drop * self.work_per_output[1] / max(unit, 1e-6)
+        fade = float(np.clip(drop / OWN_INTERIOR_UNTIL, 0.0, 1.0))
+        fade = fade * fade * (3.0 - 2.0 * fade)
+        if fade >= 1.0:
+            return cavity.box
+        x0, y0 = cavity.origin
+        height, width = cavity.mask.shape
+        ring = np.array(LIPS_UPPER_INNER + LIPS_LOWER_INNER[-2:0:-1])
+        target = np.vstack([upper, lower[-2:0:-1]]) - (x0, y0)
+        source = self.source[ring]
+        fan = np.array([(0, i, i % len(ring) + 1) for i in range(1, len(ring) + 1)])
+        spread, covered = warp_image(
+            self.layers.image,
+            fan,
+            np.vstack([target.mean(0), target]),
+            np.vstack([source.mean(0), source]),
+            Roi(0, 0, width, height),
+        )
+        mixed = cv2.addWeighted(spread, 1.0 - fade, cavity.box, fade, 0.0)
+        return np.where(covered[:, :, None], mixed, cavity.box)
 
     def shut_lid_boxes(self, dest: np.ndarray, roi: Roi) -> list[tuple[tuple[slice, slice], float]]:
         """Where (slices of the ROI) and how much each closing lid shows its shut texture
