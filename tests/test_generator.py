@@ -748,6 +748,40 @@ def test_parted_lips_open_from_their_own_gap_and_close(parted_lips, retrack):
     assert gap + 0.05 < wider < gap + 0.16, (gap, wider)  # the difference: about + 0.1
 
 
+def teeth_height(frame: np.ndarray, gen: MeshGenerator, bright: float) -> float:
+    """The median height (pixels) of the teeth-bright pixels inside the current inner lips,
+    over the middle half of the mouth's columns."""
+    dest = gen.last_dest
+    opening = polygon_mask(
+        frame.shape, np.vstack([dest[LIPS_UPPER_INNER], dest[LIPS_LOWER_INNER[-2:0:-1]]])
+    )
+    teeth = (cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) >= bright) & (opening > 0)
+    left, right = np.percentile(dest[LIPS_UPPER_INNER, 0], (25, 75)).astype(int)
+    return float(np.median(teeth[:, left:right].sum(0)))
+
+
+def test_the_teeth_keep_their_height_as_the_mouth_opens(parted_lips):
+    """The avatar's own teeth are layers on the skull and the jaw: opening the mouth wide
+    shows more of the cavity, never longer teeth. Before, the inner lips' triangles carried
+    them and opening stretched them (seen 4× as tall at this opening: 7 → 28 pixels)."""
+    gap = resting_mouth_gap(parted_lips.points)
+    rest_gen = generator(parted_lips, TRACK_SIZE)
+    rest = rest_gen.render(Motion())
+    opening = polygon_mask(
+        rest.shape,
+        np.vstack([rest_gen.rest[LIPS_UPPER_INNER], rest_gen.rest[LIPS_LOWER_INNER[-2:0:-1]]]),
+    )
+    grey = cv2.cvtColor(rest, cv2.COLOR_BGR2GRAY)[opening > 0]
+    bright = float(np.percentile(grey, 90)) * 0.8  # the teeth: the bright part of the mouth
+    open_gen = generator(parted_lips, TRACK_SIZE)
+    wide = open_gen.render(Motion(mouth_open=gap + 0.25, mouth_own=0.0))
+    lips = open_gen.last_dest[LIPS_LOWER_INNER[5], 1] - open_gen.last_dest[LIPS_UPPER_INNER[5], 1]
+    assert lips > 2.5 * gap * rest_gen.unit  # it did open wide
+    before, after = teeth_height(rest, rest_gen, bright), teeth_height(wide, open_gen, bright)
+    assert before > 2, before  # the photo's teeth show
+    assert abs(after / before - 1.0) <= 0.15, (before, after)  # seen 7 → 7
+
+
 def test_the_jaw_turns_about_a_hinge_below_the_ears(hopper, retrack):
     """Opening the mouth turns the jaw: the chin drops nearly as far as the lower lip, the
     jaw's angles (near the hinge) a third of it, the cheeks and upper lip stay; the tracker

@@ -53,7 +53,7 @@ BODY_FULL, BODY_NONE, BODY_FADE = 1.0, 3.5, 1.0
 BODY_GRID = 0.4  # the body grid's step, in face heights
 FRAME_MARGIN = 1.5  # the still frame of vertices around the image, in face heights outside
 MOUTH_OPEN_AT_REST = 0.04  # inner-lip gap per eye distance above which the avatar's own
-# mouth interior (teeth...) is part of the mesh
+# mouth interior (teeth...) is drawn (as layers moving with the skull and jaw)
 
 
 @functools.cache
@@ -336,10 +336,5 @@ def build_mesh(
     gap = np.linalg.norm(
         points[LIPS_UPPER_INNER[1:-1], :2] - points[LIPS_LOWER_INNER[1:-1], :2], axis=1
     ).max() / eye_distance(points)
-    mouth_open = bool(gap > MOUTH_OPEN_AT_REST)
-    if mouth_open:  # the avatar's own teeth and tongue stretch with the opening
-        ring = np.array(LIPS_UPPER_INNER + LIPS_LOWER_INNER[-2:0:-1])
-        inner = ring[Delaunay(points[ring, :2]).simplices]
-        keep = _inside(points[ring, :2], points[inner, :2].mean(1))
-        triangles.append(inner[keep])
+    mouth_open = bool(gap > MOUTH_OPEN_AT_REST)  # its own teeth are drawn as layers
     return AvatarMesh(vertices, np.vstack(triangles).astype(np.int32), rigidity, body, mouth_open)

@@ -67,6 +67,10 @@ LID_DRIVEN = sorted(
 # edge come down whole, the skin above them stretches (a closed lid, not a squashed eye).
 CREASE_TRAVEL, BROW_RING_TRAVEL = 0.9, 0.35
 LID_OVERSHOOT = 1.2  # a shut lid tucks just past the lower one: no sliver of eye remains
+OWN_INTERIOR_UNTIL = 0.15  # jaw drop (eye distances) by which the own interior gives way
+GUM_REACH = 0.12  # how far the upper row goes on above the upper lip, per mouth width
+GUM_SHADE = 0.75  # gum: the lip's colour this much darker
+ROW_GAP_DARKER = 0.6  # the gap between rows of teeth: this much darker than the teeth
 LASH_LINE = 0.05  # a shut lid's lash line, thickness per eye width
 LID_SKIN = 0.6  # a shut lid's colour: this share the skin under the eye, the rest its own
 SHUT_FROM = 0.5  # lid closure from which the shut lid's own skin fades in
@@ -496,11 +500,12 @@ def synthetic_mouth(
     lower: np.ndarray,
     colours: MouthColours,
     unit: float,
+    teeth: bool = True,
 ) -> MouthLayer | None:
     """A mouth interior inside the current inner-lip contour (ROI pixel coordinates): dark
-    cavity, upper teeth under the upper lip, a tongue low at the back, shaded darker towards
-    the corners; it fades in and grows with the opening, coloured from the avatar. None
-    while the lips meet."""
+    cavity, upper teeth under the upper lip (unless `teeth` is False: the avatar's own are
+    drawn over it), a tongue low at the back, shaded darker towards the corners; it fades in
+    and grows with the opening, coloured from the avatar. None while the lips meet."""
     polygon = np.vstack([upper, lower[-2:0:-1]])
     gap = float(np.max(lower[1:-1, 1] - upper[1:-1, 1]))
     if gap < 0.015 * unit:
@@ -531,7 +536,7 @@ def synthetic_mouth(
             cv2.LINE_AA,
             4,
         )
-    if gap > 0.04 * unit:  # along the upper lip's line, clear of the corners
+    if teeth and gap > 0.04 * unit:  # along the upper lip's line, clear of the corners
         teeth_height = min(0.3 * gap, 0.075 * unit)
         order = np.argsort(upper[:, 0])
         xs = np.linspace(*np.percentile(upper[:, 0], (12, 88)), 12)
@@ -551,6 +556,117 @@ def synthetic_mouth(
     if fade < 1.0:
         mask = (mask * fade).astype(np.uint8)
     return MouthLayer(box.astype(np.uint8), mask, (x0, y0))
+
+
+@dataclass(frozen=True, slots=True)
+class OwnMouth:
+    """A parted-lips avatar's own mouth interior, cut out at preparation into layers that move
+    whole: the upper row (teeth under the upper lip, gum above) with the skull, the lower row
+    with the jaw. Stretched with the lips instead, opening the mouth wide drew the teeth out
+    into vertical streaks."""
+
+    origin: np.ndarray  # (2,) top-left of the layers, avatar pixels
+    upper: np.ndarray  # BGRA
+    lower: np.ndarray  # BGRA
+
+
+def build_own_mouth(image: np.ndarray, points: np.ndarray) -> OwnMouth:
+    """Split what shows between the avatar's lips into an upper and a lower row: at the darkest
+    band across the opening (the gap between the rows) where there is one, else all of it
+    is the upper row (a smile shows the upper teeth; the lower ones hide behind the lip)."""
+    upper_lip, lower_lip = points[LIPS_UPPER_INNER, :2], points[LIPS_LOWER_INNER, :2]
+    ring = np.vstack([upper_lip, lower_lip[-2:0:-1]])
+    width = float(np.linalg.norm(upper_lip[-1] - upper_lip[0]))
+    margin = max(3.0, 0.1 * width)
+    x0, y0 = np.floor(ring.min(0) - margin).astype(int).clip(0)
+    x1, y1 = np.ceil(ring.max(0) + margin).astype(int)
+    x1, y1 = min(x1, image.shape[1]), min(y1, image.shape[0])
+    patch = image[y0:y1, x0:x1]
+    origin = np.array([x0, y0], np.float64)
+    opening = np.zeros(patch.shape[:2], np.uint8)
+    cv2.fillPoly(opening, [np.round(ring - origin).astype(np.int32)], 255)
+    grey = cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY).astype(np.float64)
+    xs = np.arange(patch.shape[1], dtype=np.float64) + x0
+    top = np.interp(xs, *_by_x(upper_lip))
+    bottom = np.interp(xs, *_by_x(lower_lip))
+    split = _row_split(grey, top - y0, bottom - y0, upper_lip[:, 0], xs)
+    rows = np.arange(patch.shape[0], dtype=np.float64)[:, None] + y0
+    boundary = top + split * (bottom - top)
+    around = cv2.dilate(opening, np.ones((5, 5), np.uint8)).astype(np.float64) / 255.0
+    # Each lip's inner edge goes with its own row: the lower lip's with the jaw, never as a red
+    # line left across the opened mouth by an upper row that reached down to it.
+    trim = max(1.5, 0.03 * width)
+    above_split = np.clip(boundary[None, :] - rows + 0.5, 0.0, 1.0)
+    near_top = np.clip(top[None, :] + trim - rows + 0.5, 0.0, 1.0)
+    near_bottom = np.clip(rows - bottom[None, :] + trim + 0.5, 0.0, 1.0)
+    upper_alpha = np.maximum(above_split, near_top) * (1.0 - near_bottom)
+    lower_alpha = 1.0 - upper_alpha
+    upper_bgra = np.dstack([patch, np.round(255 * around * upper_alpha).astype(np.uint8)])
+    reach = max(2, round(GUM_REACH * width))
+    _grow_upward(upper_bgra, top - y0, reach, lip_colour(patch, top - y0))
+    return OwnMouth(
+        origin,
+        upper_bgra,
+        np.dstack([patch, np.round(255 * around * lower_alpha).astype(np.uint8)]),
+    )
+
+
+def lip_colour(patch: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """The median colour of the few rows just above the upper inner lip (the lip itself)."""
+    rows = np.round(top).astype(int)
+    columns = np.flatnonzero((rows >= 3) & (rows < patch.shape[0]))
+    if len(columns) == 0:
+        return np.median(patch.reshape(-1, 3), axis=0)
+    samples = np.vstack([patch[rows[columns] - k, columns] for k in (2, 3)])
+    return np.median(samples, axis=0)
+
+
+def _grow_upward(layer: np.ndarray, top: np.ndarray, reach: int, lip: np.ndarray) -> None:
+    """Continue the upper row above the upper lip's line (in place): its top pixels, then
+    gum, for when the upper lip rises off the teeth (else the cavity shows as a black slot)."""
+    height = layer.shape[0]
+    first = np.ceil(top).astype(int) + 1  # the first row surely inside the opening
+    inside = (first >= 1) & (first < height)
+    inside[inside] &= layer[first[inside], np.flatnonzero(inside), 3] > 0
+    columns = np.flatnonzero(inside)
+    gum = np.asarray(lip, np.float64) * GUM_SHADE
+    for k in range(1, reach + 1):
+        rows = first[columns] - k
+        keep = rows >= 0
+        cols, rows = columns[keep], rows[keep]
+        edge = layer[first[cols], cols, :3].astype(np.float64)
+        mix = min(1.0, 2.0 * k / reach)
+        layer[rows, cols, :3] = np.round(edge + mix * (gum - edge)).astype(np.uint8)
+        layer[rows, cols, 3] = 255
+
+
+def _by_x(contour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(contour[:, 0])
+    return contour[order, 0], contour[order, 1]
+
+
+def _row_split(
+    grey: np.ndarray, top: np.ndarray, bottom: np.ndarray, mouth_xs: np.ndarray, xs: np.ndarray
+) -> float:
+    """Where (0 upper lip .. 1 lower lip) the upper row ends: the darkest band across the
+    middle of the opening when clearly darker than the teeth above it, else 1."""
+    lo, hi = np.percentile(mouth_xs, (25, 75))
+    columns = np.flatnonzero((xs >= lo) & (xs <= hi) & (bottom - top > 2.0))
+    if len(columns) == 0:
+        return 1.0
+    steps = np.linspace(0.0, 1.0, 21)
+    ys = top[columns][None, :] + steps[:, None] * (bottom - top)[columns][None, :]
+    samples = cv2.remap(
+        grey.astype(np.float32),
+        np.broadcast_to(columns[None, :], ys.shape).astype(np.float32),
+        ys.astype(np.float32),
+        cv2.INTER_LINEAR,
+    )
+    profile = samples.mean(1)
+    middle = (steps >= 0.35) & (steps <= 0.9)
+    darkest = int(np.flatnonzero(middle)[np.argmin(profile[middle])])
+    teeth = profile[: darkest + 1].max()
+    return float(steps[darkest]) if profile[darkest] < ROW_GAP_DARKER * teeth else 1.0
 
 
 def driver_mouth(
@@ -703,6 +819,15 @@ class MeshGenerator:
             for up, low, _, iris in EYES
         ]
         self.mouth_colours = MouthColours.sample(avatar.image, avatar.points)
+        self.own_mouth = (
+            build_own_mouth(self.layers.image, avatar.points)
+            if self.mesh.mouth_open_at_rest
+            else None
+        )
+        # the inner lips' resting depth: the own mouth's layers turn with the head there
+        self.mouth_depth = float(self.rest[LIPS_UPPER_INNER + LIPS_LOWER_INNER, 2].mean())
+        self.head = (np.eye(3), 1.0, np.zeros(3))  # the last frame's (rotation, scale, shift)
+        self.jaw_drop = 0.0  # the last frame's jaw drop at the lower lip, output pixels
         self.lids = [LidState(), LidState()]
         self.closures = [0.0, 0.0]  # the lids' closure in the last frame deformed
         # The head turns about the centre of its rigid landmarks: the point whose movement the
@@ -763,6 +888,7 @@ class MeshGenerator:
         self._unfold(face, signals)
         rotation = angles_to_rotation(motion.yaw, motion.pitch, motion.roll)
         shift = np.array([*motion.shift, 0.0]) * self.unit
+        self.head = (rotation, motion.scale, shift)
         head = (face - self.pivot) @ rotation.T * motion.scale + self.pivot + shift
         body_shift = self.body_shift(motion, rotation)
         body = (self.rest - self.pivot) * motion.scale + self.pivot + body_shift - self.rest
@@ -837,6 +963,7 @@ class MeshGenerator:
         keeps that share of the resting gap on top (idle: the avatar as it is)."""
         drop = (max(0.0, mouth_open) - (1.0 - mouth_own) * self.rest_gap) * self.unit
         face[:N_FACE, 1] += drop * self.jaw
+        self.jaw_drop = drop * float(self.jaw[LOWER_LIP_INNER])
 
     def _close_lids(self, face: np.ndarray, closures: list[float]) -> None:
         for (upper, lower, crease, _), brow, closure in zip(
@@ -969,21 +1096,133 @@ class MeshGenerator:
                 motion.gaze,
                 shut_weight(closure),
             )
-        if not self.mesh.mouth_open_at_rest:
-            upper = dest[LIPS_UPPER_INNER, :2] - offset
-            lower = dest[LIPS_LOWER_INNER, :2] - offset
-            mouth = synthetic_mouth(
-                person.shape, upper, lower, self.mouth_colours, unit * motion.scale
-            )
-            if mouth is not None and driver is not None and self.uses_driver_pixels:
-                mouth = driver_mouth(mouth, upper, lower, driver)
-            if mouth is not None:
-                mouth.paint(person)
+        mouth = self.mouth_layer(dest, offset, person.shape, unit * motion.scale, driver)
+        if mouth is not None:
+            mouth.paint(person)
         patch = _blend(self.background[roi.slices], person[:, :, :3], person[:, :, 3])
         out_roi, patch = self._to_output(patch, roi)
         frame = self.still.copy()
         frame[out_roi.slices] = patch
         return frame
+
+    def mouth_layer(
+        self,
+        dest: np.ndarray,
+        offset: np.ndarray,
+        shape: tuple[int, ...],
+        unit: float,
+        driver: DriverView | None,
+    ) -> MouthLayer | None:
+        """The mouth interior inside the current inner lips (ROI pixels): the avatar's own
+        rows of teeth where its lips part at rest, else the synthetic one (or the driver's
+        own, when configured). Shared with the torch generator."""
+        upper = dest[LIPS_UPPER_INNER, :2] - offset
+        lower = dest[LIPS_LOWER_INNER, :2] - offset
+        if self.own_mouth is not None:
+            return self._own_mouth_layer(upper, lower, offset, shape, unit)
+        mouth = synthetic_mouth(shape, upper, lower, self.mouth_colours, unit)
+        if mouth is not None and driver is not None and self.uses_driver_pixels:
+            mouth = driver_mouth(mouth, upper, lower, driver)
+        return mouth
+
+    def skull_matrix(self) -> np.ndarray:
+        """2x3: avatar pixels → working pixels, as the head's last pose carries a point at
+        the inner lips' depth with no expression of its own (what the skull does there)."""
+        rotation, scale, shift = self.head
+        fs, (ox, oy) = self.framing.scale, self.framing.offset
+        linear = scale * rotation[:2, :2]
+        pivot = self.pivot
+        translation = (
+            linear @ (np.array([ox, oy]) - pivot[:2])
+            + scale * rotation[:2, 2] * (self.mouth_depth - pivot[2])
+            + pivot[:2]
+            + shift[:2]
+        )
+        kx, ky = self.work_per_output
+        to_work = np.diag([kx, ky])
+        matrix = np.empty((2, 3))
+        matrix[:, :2] = to_work @ linear * fs
+        matrix[:, 2] = to_work @ (translation + 0.5) - 0.5
+        return matrix
+
+    def _own_mouth_layer(
+        self,
+        upper: np.ndarray,
+        lower: np.ndarray,
+        offset: np.ndarray,
+        shape: tuple[int, ...],
+        unit: float,
+    ) -> MouthLayer | None:
+        """The own mouth's rows, whole: the upper with the skull, the lower dropped with the
+        jaw, over the synthetic cavity and tongue, seen through the lips' current opening."""
+        assert self.own_mouth is not None
+        cavity = synthetic_mouth(shape, upper, lower, self.mouth_colours, unit, teeth=False)
+        if cavity is None:
+            return None  # the lips meet
+        x0, y0 = cavity.origin
+        height, width = cavity.mask.shape
+        skull = self.skull_matrix()
+        skull[:, 2] += skull[:, :2] @ self.own_mouth.origin - offset - (x0, y0)
+        rotation, scale, _ = self.head
+        jaw = skull.copy()
+        jaw[:, 2] += np.array(self.work_per_output) * scale * rotation[:2, 1] * self.jaw_drop
+        box = self._own_interior(cavity, upper, lower, offset, unit).astype(np.float32)
+        # The rows' weights add up (over one another, the soft seam between them would show
+        # the cavity through).
+        cover = np.zeros((height, width, 1), np.float32)
+        rows = np.zeros_like(box)
+        for layer, matrix in ((self.own_mouth.upper, skull), (self.own_mouth.lower, jaw)):
+            moved = cv2.warpAffine(
+                layer,
+                matrix,
+                (width, height),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+            ).astype(np.float32)
+            weight = moved[:, :, 3:] / 255.0
+            rows += moved[:, :, :3] * weight
+            cover += weight
+        shown = np.minimum(cover, 1.0)  # where the jaw rises, the rows overlap: share
+        box = box * (1.0 - shown) + rows / np.maximum(cover, 1.0)
+        box = np.round(box).clip(0, 255).astype(np.uint8)
+        polygon = np.vstack([upper, lower[-2:0:-1]]) - (x0, y0)
+        mask = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(mask, [np.round(polygon * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
+        return MouthLayer(box, mask, (x0, y0))
+
+    def _own_interior(
+        self,
+        cavity: MouthLayer,
+        upper: np.ndarray,
+        lower: np.ndarray,
+        offset: np.ndarray,
+        unit: float,
+    ) -> np.ndarray:
+        """What shows between the rows: while the mouth opens little, the avatar's own
+        interior spread over the opening (what the real mouth shows then: more of the same
+        teeth and shade), fading into the synthetic cavity and lower teeth as the jaw drops
+        further, where spreading would draw the teeth out into streaks."""
+        assert self.own_mouth is not None
+        drop = self.jaw_drop * self.work_per_output[1] / max(unit, 1e-6)
+        fade = float(np.clip(drop / OWN_INTERIOR_UNTIL, 0.0, 1.0))
+        fade = fade * fade * (3.0 - 2.0 * fade)
+        if fade >= 1.0:
+            return cavity.box
+        x0, y0 = cavity.origin
+        height, width = cavity.mask.shape
+        ring = np.array(LIPS_UPPER_INNER + LIPS_LOWER_INNER[-2:0:-1])
+        target = np.vstack([upper, lower[-2:0:-1]]) - (x0, y0)
+        source = self.source[ring]
+        fan = np.array([(0, i, i % len(ring) + 1) for i in range(1, len(ring) + 1)])
+        spread, covered = warp_image(
+            self.layers.image,
+            fan,
+            np.vstack([target.mean(0), target]),
+            np.vstack([source.mean(0), source]),
+            Roi(0, 0, width, height),
+        )
+        mixed = cv2.addWeighted(spread, 1.0 - fade, cavity.box, fade, 0.0)
+        return np.where(covered[:, :, None], mixed, cavity.box)
 
     def shut_lid_boxes(self, dest: np.ndarray, roi: Roi) -> list[tuple[tuple[slice, slice], float]]:
         """Where (slices of the ROI) and how much each closing lid shows its shut texture

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from engines.errors import EngineUnavailable
-from engines.facegeom import LIPS_LOWER_INNER, LIPS_UPPER_INNER
 from engines.generator.avatar_prep import PreparedAvatar
 from engines.generator.config import MeshGeneratorConfig
 from engines.generator.interface import DriverView
@@ -26,9 +25,7 @@ from engines.generator.mesh_cpu import (
     Eyeball,
     MeshGenerator,
     MouthLayer,
-    driver_mouth,
     shut_weight,
-    synthetic_mouth,
 )
 from engines.generator.torch_warp import (
     affine_maps,
@@ -233,18 +230,11 @@ class TorchMeshGenerator(MeshGenerator):
         motion: Motion,
         driver: DriverView | None,
     ) -> MouthLayer | None:
-        """The mouth interior, drawn by the CPU code: a patch of a few hundred pixels whose
-        shapes (teeth, tongue, blur) are not worth a device port; it goes up per frame."""
-        if self.mesh.mouth_open_at_rest:
-            return None
+        """The mouth interior, drawn by the CPU code (MeshGenerator.mouth_layer): a patch of
+        a few hundred pixels whose shapes (teeth, tongue, blur) are not worth a device port; it
+        goes up per frame."""
         unit = self.unit * self.work_per_output[0]
-        upper = dest[LIPS_UPPER_INNER, :2] - offset
-        lower = dest[LIPS_LOWER_INNER, :2] - offset
-        shape = (roi.height, roi.width)
-        mouth = synthetic_mouth(shape, upper, lower, self.mouth_colours, unit * motion.scale)
-        if mouth is not None and driver is not None and self.uses_driver_pixels:
-            mouth = driver_mouth(mouth, upper, lower, driver)
-        return mouth
+        return self.mouth_layer(dest, offset, (roi.height, roi.width), unit * motion.scale, driver)
 
     def _paint_layer(self, person: torch.Tensor, layer: MouthLayer) -> None:
         x0, y0 = layer.origin
