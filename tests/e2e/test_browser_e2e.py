@@ -21,6 +21,7 @@ import pytest
 from guest import E2E_DIR, REPO, guest_or_skip
 from guest_tools import LABEL
 from media import (
+    FPS,
     HEIGHT,
     WIDTH,
     assert_shows_the_avatar,
@@ -119,10 +120,11 @@ def test_chromium_lists_the_camera_by_its_label(run):
     assert {"kind": "videoinput", "label": LABEL} in devices, devices
 
 
-def test_chromium_opens_it_at_the_configured_size(run):
+def test_chromium_opens_it_in_the_configured_size_and_rate(run):
     track = run.page_report()["track"]
     assert track["label"] == LABEL
-    assert (track["settings"]["width"], track["settings"]["height"]) == (WIDTH, HEIGHT)
+    settings = track["settings"]
+    assert (settings["width"], settings["height"], settings["frameRate"]) == (WIDTH, HEIGHT, FPS)
 
 
 def test_the_frames_chromium_draws_are_the_avatar_never_the_camera(run):
