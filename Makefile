@@ -59,8 +59,9 @@ run: install
 test: install-dev
 	$(BIN)/python -m pytest -q --durations=12
 
-# Only the end-to-end tests in a QEMU guest (tests/e2e): the real v4l2loopback module and
-# systemd as PID 1; about 8 min without KVM. A guest that cannot be built is an error here.
+# Only the end-to-end tests in a QEMU guest (tests/e2e): the real v4l2loopback module,
+# systemd as PID 1 and headless Chromium using the camera; about 11 min without KVM. A guest
+# that cannot be built is an error here.
 .PHONY: e2e
 e2e: install-dev
 	THC_E2E_REQUIRED=1 $(BIN)/python -m pytest -q tests/e2e

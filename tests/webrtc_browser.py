@@ -30,6 +30,24 @@ MISSING_BROWSER = (
 )
 
 
+# Headless, unsandboxed (tests run as root, in containers and the e2e guest), quiet (no
+# network of its own), camera permission granted without a prompt, media plays unmuted.
+HEADLESS_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--use-fake-ui-for-media-stream",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--autoplay-policy=no-user-gesture-required",
+)
+
+
 def browser_available() -> bool:
     return CHROMIUM.is_file() and CHROMEDRIVER.is_file()
 
@@ -80,22 +98,7 @@ def chromium(fake_camera: Path | None = None, extra: Iterable[str] = ()) -> Any:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     profile = tempfile.mkdtemp(prefix="thc-chromium-")
-    flags = [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--use-fake-ui-for-media-stream",
-        "--disable-features=WebRtcHideLocalIpsWithMdns",
-        "--autoplay-policy=no-user-gesture-required",
-        f"--user-data-dir={profile}",
-        *extra,
-    ]
+    flags = [*HEADLESS_FLAGS, f"--user-data-dir={profile}", *extra]
     if fake_camera is not None:
         flags += [
             "--use-fake-device-for-media-stream",

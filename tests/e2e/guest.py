@@ -446,12 +446,17 @@ def prepare_guest() -> Guest:
     return Guest(kernel, cached_initramfs(kernel))
 
 
-def guest_or_skip() -> Guest:
+def guest_or_skip(needs: dict[str, str] | None = None) -> Guest:
     """The guest for a test: skipped with the reason when it cannot be had here, failed
-    instead when THC_E2E_REQUIRED=1 (CI and `make e2e` must not skip silently)."""
+    instead when THC_E2E_REQUIRED=1 (CI and `make e2e` must not skip silently). `needs`:
+    more host tools the test's guest runs (the guest shares the host's root), each with its
+    Debian package."""
     import pytest
 
     try:
+        missing = missing_tools(needs or {})
+        if missing:
+            raise GuestUnavailable(f"install: {', '.join(missing)}")
         return prepare_guest()
     except GuestUnavailable as exc:
         if os.environ.get(REQUIRED_ENV) == "1":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -17,6 +18,7 @@ SHARE = Path("/e2e")  # the host's folder for this test (init.sh mounts it)
 LABEL = "Talking Head Cam"
 VIDIOC_QUERYCAP = 0x80685600
 V4L2_CAP_VIDEO_CAPTURE = 0x1
+STOP_TIMEOUT_S = 15
 
 
 def log(message: str) -> None:
@@ -86,6 +88,34 @@ def device_caps(device: str) -> str:
     neither Video Capture nor Video Output)."""
     done = subprocess.run(["v4l2-ctl", "-d", device, "--info"], capture_output=True, text=True)
     return done.stdout + done.stderr
+
+
+def start_daemon(
+    plan: dict[str, Any], config: str, name: str, notify: NotifySocket
+) -> subprocess.Popen:
+    """The daemon as its own process (the plan's Python, the checkout), telling `notify`
+    what systemd would hear; its output goes to /e2e/NAME.daemon.log."""
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(notify.path),
+        "PYTHONUNBUFFERED": "1",
+        "XDG_CACHE_HOME": "/tmp/cache",
+    }
+    argv = [plan["python"], "-m", "daemon", "--config", config, "run"]
+    with (SHARE / f"{name}.daemon.log").open("w") as out:
+        return subprocess.Popen(argv, cwd=plan["repo"], env=env, stdout=out, stderr=out)
+
+
+def stop_daemon(proc: subprocess.Popen) -> dict[str, Any]:
+    """SIGTERM, as systemd stops it; killed after STOP_TIMEOUT_S (the rc then says so)."""
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait()
+    return {"rc": rc, "stop_s": time.monotonic() - sent}
 
 
 def write_results(results: dict[str, Any]) -> None:

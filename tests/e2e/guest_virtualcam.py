@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,34 +24,11 @@ from guest_tools import (
     device_caps,
     find_device,
     log,
+    start_daemon,
+    stop_daemon,
     wait_capturable,
     write_results,
 )
-
-STOP_TIMEOUT_S = 15
-
-
-def start_daemon(plan: dict[str, Any], config: str, name: str, notify: NotifySocket):
-    env = {
-        **os.environ,
-        "NOTIFY_SOCKET": str(notify.path),
-        "PYTHONUNBUFFERED": "1",
-        "XDG_CACHE_HOME": "/tmp/cache",
-    }
-    argv = [plan["python"], "-m", "daemon", "--config", config, "run"]
-    with (SHARE / f"{name}.daemon.log").open("w") as out:
-        return subprocess.Popen(argv, cwd=plan["repo"], env=env, stdout=out, stderr=out)
-
-
-def stop_daemon(proc: subprocess.Popen) -> dict[str, Any]:
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        rc = proc.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = proc.wait()
-    return {"rc": rc, "stop_s": time.monotonic() - sent}
 
 
 def run_phase(plan: dict[str, Any], name: str, config: str, device: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,10 +139,13 @@ def camera_frames(clip: Path) -> list[np.ndarray]:
     return read_video(clip)[0]
 
 
-def assert_shows_the_avatar(capture: Capture, avatar: np.ndarray, camera: list[np.ndarray]):
-    """Every frame is the avatar; none is (close to) any frame of the camera clip."""
-    assert capture.frames, "no frames were read from the device"
-    for index, frame in enumerate(capture.frames):
+def assert_shows_the_avatar(
+    frames: Sequence[np.ndarray], avatar: np.ndarray, camera: list[np.ndarray]
+) -> None:
+    """Every frame a reader got (ffmpeg's capture, or what Chromium drew) is the avatar; none
+    is (close to) any frame of the camera clip."""
+    assert len(frames), "no frames were read from the device"
+    for index, frame in enumerate(frames):
         diff = mean_abs_diff(frame, avatar)
         assert diff < AVATAR_MAX_DIFF, f"frame {index} is not the avatar (differs by {diff:.1f})"
         nearest = min(mean_abs_diff(frame, c) for c in camera)

@@ -105,7 +105,7 @@ class GuestRun:
         capture = load_capture(self.share, step)
         assert capture.pix_fmt == FFMPEG_PIX_FMT[pixel_format]
         assert len(capture.frames) == FRAMES
-        assert_shows_the_avatar(capture, avatar_frame(), self.camera)
+        assert_shows_the_avatar(capture.frames, avatar_frame(), self.camera)
 
 
 @pytest.fixture(scope="module")

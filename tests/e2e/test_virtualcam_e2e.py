@@ -130,7 +130,7 @@ def test_readers_get_the_avatar_in_the_configured_format(run, phase):
     v4l2 = (run.share / f"{phase}.v4l2.txt").read_text()
     assert f"Width/Height      : {WIDTH}/{HEIGHT}" in v4l2
     assert f"Pixel Format      : '{V4L2_FOURCC[fmt]}'" in v4l2
-    assert_shows_the_avatar(capture, avatar_frame(), run.camera)
+    assert_shows_the_avatar(capture.frames, avatar_frame(), run.camera)
 
 
 @pytest.mark.parametrize("phase", PHASES)
