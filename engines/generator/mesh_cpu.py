@@ -695,6 +695,16 @@ def driver_mouth(
     return MouthLayer(box, synthetic.mask, synthetic.origin)
 
 
+def _warp_patch(
+    patch: np.ndarray,
+    matrix: np.ndarray,
+    size: tuple[int, int],
+    border: int = cv2.BORDER_REPLICATE,
+) -> np.ndarray:
+    """A patch moved by a 2x3 affine into a box of `size` (bilinear)."""
+    return cv2.warpAffine(patch, matrix, size, flags=cv2.INTER_LINEAR, borderMode=border)
+
+
 def _paint_over(person: np.ndarray, layer: np.ndarray, mask: np.ndarray) -> None:
     """Fill a hole of the warped face (BGRA, in place) with `layer` inside the anti-aliased
     `mask`; the hole's outline is the mask's, smooth at any map resolution."""
@@ -1294,24 +1304,10 @@ class MeshGenerator:
             return
         patch_to_box, iris_to_box = self.eye_maps(eyeball, dest, offset + np.array([x0, y0]), gaze)
         size = (x1 - x0, y1 - y0)
-        eye = cv2.warpAffine(
-            eyeball.sclera,
-            patch_to_box,
-            size,
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-        iris = cv2.warpAffine(
-            eyeball.iris, iris_to_box, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
-        )
+        eye = _warp_patch(eyeball.sclera, patch_to_box, size)
+        iris = _warp_patch(eyeball.iris, iris_to_box, size, cv2.BORDER_CONSTANT)
         eye = _blend(eye, iris[:, :, :3], iris[:, :, 3])
         if shut > 0.0:
-            skin = cv2.warpAffine(
-                eyeball.shut,
-                patch_to_box,
-                size,
-                flags=cv2.INTER_LINEAR,
-                borderMode=cv2.BORDER_REPLICATE,
-            )
+            skin = _warp_patch(eyeball.shut, patch_to_box, size)
             eye = cv2.addWeighted(eye, 1.0 - shut, skin, shut, 0.0)
         _paint_over(person[y0:y1, x0:x1], eye, mask)

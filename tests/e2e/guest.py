@@ -388,6 +388,18 @@ class BootResult:
         except OSError:
             return "(no console log)"
 
+    def failure(self, share: Path, finished: Path) -> str | None:
+        """Why the guest's job gave no results (`finished`: the file it writes last), with
+        the console's and the job log's tails; None when it finished."""
+        if not self.timed_out and finished.exists():
+            return None
+        job_log = share / "job.log"
+        log_tail = job_log.read_text()[-3000:] if job_log.exists() else ""
+        return (
+            f"the guest {'timed out' if self.timed_out else 'did not finish'}:\n"
+            f"{self.console_tail()}\n--- job.log ---\n{log_tail}"
+        )
+
 
 @dataclass(frozen=True)
 class Guest:

@@ -94,12 +94,8 @@ def run(tmp_path_factory, other_face) -> BrowserRun:
     job = [sys.executable, str(E2E_DIR / "guest_browser.py")]
     boot = guest.boot(share, "script", job, BOOT_TIMEOUT_S)
     print(f"test C: guest boot and run took {boot.wall_s:.0f} s")
-    if boot.timed_out or not (share / "results.json").exists():
-        job_log = (share / "job.log").read_text() if (share / "job.log").exists() else ""
-        pytest.fail(
-            f"the guest {'timed out' if boot.timed_out else 'wrote no results'}:\n"
-            f"{boot.console_tail()}\n--- job.log ---\n{job_log[-3000:]}"
-        )
+    if (why := boot.failure(share, share / "results.json")) is not None:
+        pytest.fail(why)
     run = BrowserRun(share)
     if "browser" in run.results:
         steps = (run.page or {}).get("steps", {})
