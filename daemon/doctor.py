@@ -11,7 +11,7 @@ from typing import Literal
 
 from daemon.config import Config, VirtualCamSinkConfig, find_config_path, load_config
 from daemon.errors import ConfigError, EngineUnavailable
-from daemon.sinks import MODPROBE_HINT
+from daemon.sinks import LOAD_AT_BOOT_HINT, MODPROBE_HINT
 from daemon.v4l2 import (
     SYSFS_ROOT,
     V4L2_CAP_VIDEO_CAPTURE,
@@ -44,6 +44,11 @@ class Check:
     def format(self) -> str:
         line = f"[{self.status.upper():>4}] {self.name}: {self.detail}"
         return line + (f"\n       fix: {self.fix}" if self.fix else "")
+
+
+RELOAD_HINT = (
+    f"reload the module with exclusive_caps=1: sudo modprobe -r v4l2loopback && {MODPROBE_HINT}"
+)
 
 
 def check_python() -> Check:
@@ -114,8 +119,7 @@ def check_loopback(sysfs_root: Path, sinks: list[VirtualCamSinkConfig]) -> list[
                 "the v4l2loopback kernel module is not loaded, so "
                 "there is no virtual camera for Zoom/Meet/Chrome to pick",
                 f"sudo apt install v4l2loopback-dkms; {MODPROBE_HINT}; to load it at every "
-                "boot: sudo cp systemd/v4l2loopback.conf /etc/modprobe.d/ && sudo cp "
-                "systemd/modules-load.conf /etc/modules-load.d/v4l2loopback.conf",
+                f"boot: {LOAD_AT_BOOT_HINT}",
             )
         ]
     version = loopback_version(sysfs_root) or "unknown version"
@@ -136,7 +140,7 @@ def check_loopback(sysfs_root: Path, sinks: list[VirtualCamSinkConfig]) -> list[
                 "exclusive_caps",
                 "warn",
                 f"exclusive_caps={exclusive}: Chrome and Meet do not list the virtual camera",
-                "reload the module with exclusive_caps=1 (see systemd/v4l2loopback.conf)",
+                RELOAD_HINT,
             )
         )
     for sink in sinks or [VirtualCamSinkConfig(type="virtualcam")]:
@@ -177,7 +181,7 @@ def _check_our_device(sink: VirtualCamSinkConfig, sysfs_root: Path) -> Check:
             name,
             "warn",
             f"{node} has exclusive_caps off: Chrome and Meet will not list it",
-            "reload the module with exclusive_caps=1 (see systemd/v4l2loopback.conf)",
+            RELOAD_HINT,
         )
     if caps is not None and not caps & V4L2_CAP_VIDEO_OUTPUT:
         return Check(

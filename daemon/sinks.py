@@ -45,9 +45,13 @@ from daemon.v4l2 import (
 
 log = logging.getLogger(__name__)
 
-MODPROBE_HINT = (
-    'sudo modprobe v4l2loopback devices=1 video_nr=10 card_label="Talking Head Cam" '
-    "exclusive_caps=1"
+LOOPBACK_OPTIONS = 'devices=1 video_nr=10 card_label="Talking Head Cam" exclusive_caps=1'
+MODPROBE_HINT = f"sudo modprobe v4l2loopback {LOOPBACK_OPTIONS}"
+# The same at every boot, as commands that need no file from the repository (an installed wheel
+# has none): what systemd/v4l2loopback.conf and systemd/modules-load.conf hold.
+LOAD_AT_BOOT_HINT = (
+    f"echo 'options v4l2loopback {LOOPBACK_OPTIONS}' | sudo tee /etc/modprobe.d/v4l2loopback.conf"
+    " && echo v4l2loopback | sudo tee /etc/modules-load.d/v4l2loopback.conf"
 )
 SinkState = Literal["opening", "ok", "stalled", "failed", "closed"]
 STALL_S = 1.0  # a write blocked for longer than this: the sink counts as stalled

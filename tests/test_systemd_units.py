@@ -19,7 +19,7 @@ import pytest
 from daemon.cli import build_parser, cmd_run
 from daemon.config import DEFAULT_LABEL
 from daemon.errors import ConfigError
-from daemon.sinks import MODPROBE_HINT
+from daemon.sinks import LOAD_AT_BOOT_HINT, MODPROBE_HINT
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 if SYSTEMD_ANALYZE is None:
@@ -260,6 +260,23 @@ def test_modprobe_options_label_our_device() -> None:
     hint = shlex.split(MODPROBE_HINT)
     assert hint[:3] == ["sudo", "modprobe", "v4l2loopback"]
     assert dict(word.split("=", 1) for word in hint[3:]) == options
+
+
+def test_the_load_at_boot_fix_writes_what_the_repository_files_hold(tmp_path) -> None:
+    """doctor's fix for a module not loaded at boot needs no file from the repository (a
+    wheel user has none): run with sudo and the real paths replaced, it writes exactly the
+    options of systemd/v4l2loopback.conf and the module of systemd/modules-load.conf."""
+    command = LOAD_AT_BOOT_HINT.replace("sudo ", "").replace("/etc/", f"{tmp_path}/")
+    (tmp_path / "modprobe.d").mkdir()
+    (tmp_path / "modules-load.d").mkdir()
+    subprocess.run(["bash", "-c", command], check=True, capture_output=True)
+    written = (tmp_path / "modprobe.d" / "v4l2loopback.conf").read_text()
+    expected = _module_options((SYSTEMD_DIR / "v4l2loopback.conf").read_text())
+    assert _module_options(written) == expected
+    assert (tmp_path / "modules-load.d" / "v4l2loopback.conf").read_text().split() == [
+        "v4l2loopback"
+    ]
+    assert "systemd/" not in LOAD_AT_BOOT_HINT
 
 
 def test_modules_load_conf_loads_v4l2loopback() -> None:
