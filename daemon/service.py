@@ -9,6 +9,7 @@ from it go through `update_settings`/`apply`, serialised with reloads by one loc
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -273,6 +274,9 @@ class Daemon:
 
     def _install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        # SIGQUIT: every thread's stack to stderr (the journal), from C, so even a main thread
+        # stuck outside Python says where: what a daemon that will not stop is doing.
+        faulthandler.register(signal.SIGQUIT, all_threads=True)
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         signal.signal(signal.SIGUSR1, lambda *_: self.request_calibration())

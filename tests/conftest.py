@@ -256,8 +256,11 @@ class DaemonProcess:
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGQUIT)  # its threads' stacks into the log
+                time.sleep(2.0)
                 self.proc.kill()
                 self.proc.wait()
+                print(f"daemon did not stop; its log ends:\n{self.log()[-8000:]}")
         self._log.close()
         return self.proc.returncode
 

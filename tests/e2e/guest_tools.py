@@ -113,6 +113,8 @@ def stop_daemon(proc: subprocess.Popen) -> dict[str, Any]:
     try:
         rc = proc.wait(STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGQUIT)  # its threads' stacks into its log
+        time.sleep(2.0)
         proc.kill()
         rc = proc.wait()
     return {"rc": rc, "stop_s": time.monotonic() - sent}
