@@ -18,6 +18,7 @@ from thc_tools.evaluate import (
     background_change,
     blink_events,
     blink_f1,
+    blink_f1_of,
     eval_config,
     evaluate,
     evaluate_self,
@@ -25,6 +26,7 @@ from thc_tools.evaluate import (
     main,
     match_events,
     pearson,
+    squeezes,
     track,
     write_report,
 )
@@ -94,6 +96,23 @@ def test_events_match_one_to_one_within_two_frames():
     assert match_events([10, 12], [11, 13]) == 2  # not 10↔11 and 12 unmatched
     assert match_events([10, 14], [12]) == 1
     assert match_events([], [3]) == 0
+
+
+def test_a_squeeze_counts_neither_as_a_blink_nor_against_one():
+    """At 25 fps: a 3-frame run is a blink, a 12-frame one (0.48 s) eyes screwed shut; the
+    output's event inside the squeeze is neither a hit nor a false blink, the one elsewhere
+    still is a false blink."""
+    driver = np.full(100, 0.3)
+    driver[10:13] = 0.05  # blink → 11
+    driver[40:52] = 0.05  # squeeze
+    assert blink_events(driver) == [11, 45]
+    assert blink_events(driver, fps=25.0) == [11]
+    assert squeezes(driver, 25.0) == [(40, 51)]
+    assert blink_events(driver, fps=50.0) == [11, 45]  # 12 frames at 50 fps: a slow blink
+    output = np.full(100, 0.3)
+    output[[11, 50, 80]] = 0.05
+    assert blink_f1_of(driver, output, 25.0) == pytest.approx(2 * 1 / 3)  # 11 hit, 80 false
+    assert blink_f1_of(driver, output, None) == pytest.approx(2 * 1 / 5)  # every run a blink
 
 
 def test_blink_f1():

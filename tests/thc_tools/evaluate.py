@@ -21,7 +21,9 @@ against driver frame i, over frames tracked in both):
   series is constant).
 - blink_f1: blinks are runs of eye openness below 0.55 × the sequence's median, placed at the
   run's middle frame; events match one-to-one within ±2 frames; null when the driver never
-  blinks.
+  blinks. A driver run longer than 0.3 s is a squeeze (eyes screwed shut), not a blink: it
+  counts neither way (no driver event, and output events within ±2 frames of it are
+  dropped).
 - jitter_px: the driver's first frame repeated 30 times through the pipeline, re-tracked;
   mean 2D displacement per landmark between consecutive output frames, output pixels.
 
@@ -79,6 +81,10 @@ FALLBACK_FPS = 30.0
 STILL_FRAMES = 30  # the still driver: the clip's first frame, this many times
 BLINK_RATIO = 0.55  # a blink: openness below this × the sequence's median
 BLINK_TOLERANCE = 2  # frames either way for a blink to match
+# Eyes held below the blink threshold longer than this are screwed shut (a squeeze, a
+# grimace), not blinking: a blink's closed phase lasts 0.05–0.2 s (every blink in the dev
+# clips), the grin clip's squeezes 0.33–0.42 s.
+SQUEEZE_S = 0.3
 DEFAULT_AVATARS = (  # every photo (the targets are stated on photos), a painting, a drawing
     "photo_man_smiling.png",
     "photo_older_man.png",
@@ -183,23 +189,51 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
     return float(np.clip(np.corrcoef(x, y)[0, 1], -1.0, 1.0))
 
 
-def blink_events(openness: Sequence[float], ratio: float = BLINK_RATIO) -> list[int]:
-    """Middle frame (the lower one of an even run) of each run of frames whose openness is
-    below `ratio` × the median over tracked frames; untracked frames (NaN) end a run."""
+def low_runs(openness: Sequence[float], ratio: float = BLINK_RATIO) -> list[tuple[int, int]]:
+    """(first, last) frame of each run of frames whose openness is below `ratio` × the median
+    over tracked frames; untracked frames (NaN) end a run."""
     values = np.asarray(openness, np.float64)
     valid = ~np.isnan(values)
     if not valid.any():
         return []
     below = np.zeros(len(values), bool)
     below[valid] = values[valid] < ratio * np.median(values[valid])
-    events, start = [], None
+    runs, start = [], None
     for i, low in enumerate([*below.tolist(), False]):
         if low and start is None:
             start = i
         elif not low and start is not None:
-            events.append((start + i - 1) // 2)
+            runs.append((start, i - 1))
             start = None
-    return events
+    return runs
+
+
+def blink_events(
+    openness: Sequence[float], ratio: float = BLINK_RATIO, fps: float | None = None
+) -> list[int]:
+    """Middle frame (the lower one of an even run) of each low run (see low_runs); given
+    `fps`, runs longer than SQUEEZE_S are squeezes, not blinks, and left out."""
+    return [
+        (first + last) // 2
+        for first, last in low_runs(openness, ratio)
+        if fps is None or not _is_squeeze(first, last, fps)
+    ]
+
+
+def squeezes(openness: Sequence[float], fps: float) -> list[tuple[int, int]]:
+    """(first, last) frame of each run held below the blink threshold longer than a blink."""
+    return [run for run in low_runs(openness) if _is_squeeze(*run, fps)]
+
+
+def _is_squeeze(first: int, last: int, fps: float) -> bool:
+    return (last - first + 1) / fps > SQUEEZE_S
+
+
+def outside(
+    events: Sequence[int], windows: Sequence[tuple[int, int]], tolerance: int = BLINK_TOLERANCE
+) -> list[int]:
+    """The events not within `tolerance` frames of any window."""
+    return [e for e in events if all(e < a - tolerance or e > b + tolerance for a, b in windows)]
 
 
 def match_events(
@@ -223,6 +257,17 @@ def blink_f1(reference: Sequence[int], found: Sequence[int]) -> float | None:
     if not reference:
         return None
     return 2 * match_events(reference, found) / (len(reference) + len(found))
+
+
+def blink_f1_of(
+    driver_eyes: Sequence[float], output_eyes: Sequence[float], fps: float | None
+) -> float | None:
+    """blink_f1 of the output's blinks against the driver's, a driver's squeeze counting
+    neither way (see the module doc)."""
+    if fps is None:
+        return blink_f1(blink_events(driver_eyes), blink_events(output_eyes))
+    held = squeezes(driver_eyes, fps)
+    return blink_f1(blink_events(driver_eyes, fps=fps), outside(blink_events(output_eyes), held))
 
 
 def jitter_px(points: Sequence[np.ndarray | None]) -> float | None:
@@ -250,9 +295,14 @@ class Metrics:
         return asdict(self)
 
 
-def score(driver: Signals, output: Signals, still_output: Sequence[np.ndarray | None]) -> Metrics:
+def score(
+    driver: Signals,
+    output: Signals,
+    still_output: Sequence[np.ndarray | None],
+    fps: float | None = None,
+) -> Metrics:
     """Output frame i against driver frame i; `still_output` is the re-tracked output for the
-    still driver (for jitter)."""
+    still driver (for jitter); `fps` tells squeezes from blinks (None: every run a blink)."""
     n = min(len(driver), len(output))
     both = driver.tracked[:n] & output.tracked[:n]
     pose_diff = np.abs(driver.angles[:n][both] - output.angles[:n][both])
@@ -260,18 +310,21 @@ def score(driver: Signals, output: Signals, still_output: Sequence[np.ndarray | 
         tracked=float(output.tracked[:n].mean()) if n else 0.0,
         pose_err_deg=float(pose_diff.mean()) if both.any() else None,
         mouth_r=pearson(driver.mouth[:n][both], output.mouth[:n][both]),
-        blink_f1=blink_f1(blink_events(driver.eyes[:n]), blink_events(output.eyes[:n])),
+        blink_f1=blink_f1_of(driver.eyes[:n], output.eyes[:n], fps),
         gaze_r=pearson(driver.gaze[:n][both], output.gaze[:n][both]),
         jitter_px=jitter_px(still_output),
     )
 
 
 def compare(
-    driver: Signals, output_frames: Iterable[np.ndarray], still_output_frames: Iterable[np.ndarray]
+    driver: Signals,
+    output_frames: Iterable[np.ndarray],
+    still_output_frames: Iterable[np.ndarray],
+    fps: float | None = None,
 ) -> tuple[Signals, Metrics]:
     """Re-track an output sequence (and the output for the still driver) and score it."""
     output = Signals.measure(track(output_frames))
-    return output, score(driver, output, track(still_output_frames))
+    return output, score(driver, output, track(still_output_frames), fps)
 
 
 def person_region(
@@ -453,13 +506,13 @@ def evaluate(config: Config, driver_path: str | Path, driver: Signals | None = N
         driver = Signals.measure(track(read_frames(driver_path)))
     frames = list(render(config, read_frames(driver_path), fps))
     output, pipeline_metrics = compare(
-        driver, frames, render(config, itertools.repeat(first, STILL_FRAMES), fps)
+        driver, frames, render(config, itertools.repeat(first, STILL_FRAMES), fps), fps
     )
     prepared = prepare_avatar(config.avatar.image)  # the pipeline's own, from the cache
     background = background_change(frames, output.points, prepared.points, prepared.person)
     still = letterbox(avatar, config.output.width, config.output.height)
     baseline, baseline_metrics = compare(
-        driver, itertools.repeat(still, len(driver)), itertools.repeat(still, STILL_FRAMES)
+        driver, itertools.repeat(still, len(driver)), itertools.repeat(still, STILL_FRAMES), fps
     )
     return Evaluation(
         clip=str(driver_path),
@@ -480,10 +533,12 @@ def evaluate(config: Config, driver_path: str | Path, driver: Signals | None = N
 def evaluate_self(driver_path: str | Path, driver: Signals | None = None) -> Metrics:
     """The driver frames used as the output: checks the harness itself, must be perfect
     (pose_err 0, mouth_r 1, gaze_r 1, blink_f1 1 or None, tracked 1 where the driver is)."""
-    _, first = clip_info(driver_path)
+    fps, first = clip_info(driver_path)
     if driver is None:
         driver = Signals.measure(track(read_frames(driver_path)))
-    _, metrics = compare(driver, read_frames(driver_path), itertools.repeat(first, STILL_FRAMES))
+    _, metrics = compare(
+        driver, read_frames(driver_path), itertools.repeat(first, STILL_FRAMES), fps
+    )
     return metrics
 
 
@@ -689,7 +744,9 @@ def format_report(
         "- **blink_f1**: eye openness = mean of |p159 − p145| / |p33 − p133| and "
         "|p386 − p374| / |p362 − p263|; a blink is a run of frames below "
         f"{BLINK_RATIO} × the sequence's median openness, placed at its middle frame; events "
-        f"match one-to-one within ±{BLINK_TOLERANCE} frames; n/a when the driver never blinks.",
+        f"match one-to-one within ±{BLINK_TOLERANCE} frames; n/a when the driver never blinks. "
+        f"A driver run longer than {SQUEEZE_S} s is a squeeze (eyes screwed shut), not a "
+        "blink: it counts neither way (output events within the tolerance of it are dropped).",
         "- **gaze_r**: Pearson r of the mean horizontal iris position (p468, p473) between "
         "each eye's corners.",
         "- **jitter_px**: the clip's first frame repeated "
