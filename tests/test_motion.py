@@ -164,6 +164,23 @@ def test_a_fast_blink_is_one_blink_without_lag(hopper_points):
     assert eyes[26:].min() > 0.85  # open again
 
 
+def test_a_blink_reads_as_one_against_a_neutral_caught_with_narrowed_eyes(hopper_points):
+    """The neutral taken with the eyes half shut (a squint, a grin): once the eyes have been
+    open a while, a blink down from open reads as shut though it is no lower than the
+    neutral's eyes (read against the neutral alone it would read 1.0: no blink at 12 fps
+    on the grin clip), and open eyes read as open, not wide."""
+    motion = estimator()
+    motion.set_neutral(blink(hopper_points, 0.6), explicit=True)
+    eyes = []
+    for i in range(60):
+        t = i / 12
+        frame = blink(hopper_points, 0.6 if i in (40, 41) else 0.0)
+        eyes.append(np.mean(motion.update(lm(frame, t, i), t).eye_open))
+    assert eyes[39] == pytest.approx(1.0, abs=0.15), eyes[35:45]  # open reads as open
+    assert min(eyes[40:43]) < 0.6, eyes[35:45]  # the blink reads far from open
+    assert np.mean(eyes[50:]) > 0.85
+
+
 def test_one_euro_is_still_when_still_and_fast_when_fast():
     smooth = OneEuroFilter.from_config(SmoothingConfig())
     rng = np.random.default_rng(3)

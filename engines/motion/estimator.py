@@ -245,6 +245,34 @@ class NeutralSearch:
         )
 
 
+@dataclass
+class OpenEyes:
+    """How open the driver's eyes have lately been when open: what a blink is read against
+    where the neutral caught them narrowed (a squint, a grin, a neutral taken as they
+    closed). Against such a neutral an open eye reads wide and a blink as no less open than
+    the neutral, so no blink would ever show."""
+
+    WINDOW_S = 3.0
+    SHARE = 0.9  # of the window's 90th percentile: an eye this open counts as fully open
+
+    _samples: deque = field(default_factory=deque)
+
+    def observe(self, t: float, openness: tuple[float, float]) -> None:
+        self._samples.append((t, openness))
+        while self._samples and self._samples[0][0] < t - self.WINDOW_S:
+            self._samples.popleft()
+
+    def reference(self, neutral: tuple[float, float]) -> tuple[float, float]:
+        """Per eye, the larger of the neutral's openness and the recent open level."""
+        if not self._samples:
+            return neutral
+        recent = np.percentile(np.array([o for _, o in self._samples]), 90, axis=0)
+        return tuple(max(n, self.SHARE * float(r)) for n, r in zip(neutral, recent, strict=True))
+
+    def reset(self) -> None:
+        self._samples.clear()
+
+
 # ---------------------------------------------------------------- the estimator
 
 
@@ -273,6 +301,7 @@ class MotionEstimator:
             config.smoothing, self.POSE_BETA_SCALE, self.POSE_D_CUTOFF_SCALE
         )
         self._shape_filter = OneEuroFilter.from_config(config.smoothing)
+        self._open_eyes = OpenEyes()
         self._last_output = Motion()
         self._last_tracked = Motion()
         self._t_lost = 0.0
@@ -307,6 +336,7 @@ class MotionEstimator:
             self._search.best_score = -math.inf
         self._pose_filter.reset()
         self._shape_filter.reset()
+        self._open_eyes.reset()
 
     def _update_neutral(self, landmarks: Landmarks) -> None:
         points = landmarks.points.astype(np.float64)
@@ -400,13 +430,17 @@ class MotionEstimator:
         pose[:3] = np.degrees(pose[:3])
         shape = (fit.invert(points) - neutral.points) / neutral.eye_distance
         shape = self._shape_filter(shape, t)
-        return self._apply_gains(pose, shape, neutral)
+        return self._apply_gains(pose, shape, neutral, t)
 
-    def _apply_gains(self, pose: np.ndarray, shape: np.ndarray, neutral: Neutral) -> Motion:
+    def _apply_gains(
+        self, pose: np.ndarray, shape: np.ndarray, neutral: Neutral, t: float
+    ) -> Motion:
         gains, limits = self.config.gains, self.config.limits
         local = neutral.points + shape * neutral.eye_distance
-        right, left = eye_openness_each(local)
-        eyes = (right / max(neutral.eye_open[0], 1e-6), left / max(neutral.eye_open[1], 1e-6))
+        openness = eye_openness_each(local)
+        self._open_eyes.observe(t, openness)
+        reference = self._open_eyes.reference(neutral.eye_open)
+        eyes = tuple(o / max(r, 1e-6) for o, r in zip(openness, reference, strict=True))
         gaze = (
             float(np.mean(gaze_each(local))) - neutral.gaze[0],
             gaze_vertical(local) - neutral.gaze[1],

@@ -5,7 +5,8 @@ looks at before calling the generator better (`make eval`).
 
 One row per avatar; columns: at rest, nod down and up (pitch ±20°), turn (yaw ±30°), tilt
 (roll ±25°), each about the neck as a person turns, a lean towards the camera with a slide
-sideways, a wide-open mouth, a smile, a blink, a look down (the gaze lowered, the head a little).
+sideways, a wide-open mouth, a smile and a broad one, a blink, a wink, a frown, a look down (the
+gaze lowered, the head a little).
 Each tile is the generator's own output at the avatar's own size, scaled to one height.
 """
 
@@ -22,7 +23,15 @@ import cv2
 import numpy as np
 
 from daemon.config import Config
-from engines.facegeom import MOUTH_LEFT, MOUTH_RIGHT, angles_to_rotation
+from engines.facegeom import (
+    LIPS_LOWER_INNER,
+    LIPS_LOWER_OUTER,
+    LIPS_UPPER_INNER,
+    LIPS_UPPER_OUTER,
+    MOUTH_LEFT,
+    MOUTH_RIGHT,
+    angles_to_rotation,
+)
 from engines.generator.avatar_prep import prepare_avatar
 from engines.generator.config import MeshGeneratorConfig
 from engines.generator.mesh_cpu import NECK, MeshGenerator
@@ -31,6 +40,9 @@ from thc_tools.evaluate import report_parser, run_report
 
 AVATARS = ("photo_woman_bun.png", "photo_woman_a.png", "painting_1.png", "anime_3.png")
 TILE_HEIGHT = 240
+# FaceMesh's brows (lower edge), each from its outer end to its inner end: subject's right, left
+RIGHT_BROW = [46, 53, 52, 65, 55]
+LEFT_BROW = [276, 283, 282, 295, 285]
 
 
 def smile(strength: float) -> np.ndarray:
@@ -38,6 +50,27 @@ def smile(strength: float) -> np.ndarray:
     expression = np.zeros((478, 3), np.float32)
     expression[MOUTH_RIGHT] = (-strength, -strength, 0.0)
     expression[MOUTH_LEFT] = (strength, -strength, 0.0)
+    return expression
+
+
+def broad_smile(strength: float) -> np.ndarray:
+    """A smile that takes the lips along: every lip point goes out and up as far as it lies
+    towards a corner (the corners all the way, the middle not at all)."""
+    expression = np.zeros((478, 3), np.float32)
+    for contour in (LIPS_UPPER_OUTER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_LOWER_INNER):
+        side = np.linspace(-1.0, 1.0, len(contour))
+        expression[contour, 0] = strength * side
+        expression[contour, 1] = -strength * side**2
+    return expression
+
+
+def frown(strength: float) -> np.ndarray:
+    """Brows drawn down and together, the inner ends most (eye distances)."""
+    expression = np.zeros((478, 3), np.float32)
+    for brow, inward in ((RIGHT_BROW, 1.0), (LEFT_BROW, -1.0)):
+        towards_nose = np.linspace(0.0, 1.0, len(brow)) ** 1.5  # outer end → inner end
+        expression[brow, 0] = inward * 0.5 * strength * towards_nose
+        expression[brow, 1] = strength * towards_nose
     return expression
 
 
@@ -61,7 +94,10 @@ POSES: tuple[tuple[str, Motion], ...] = (
     ("lean + slide", Motion(scale=1.2, shift=(0.6, 0.1))),
     ("mouth wide", Motion(mouth_open=0.45)),
     ("smile", Motion(expression=smile(0.08), mouth_open=0.08)),
+    ("broad smile", Motion(expression=broad_smile(0.12), mouth_open=0.15)),
     ("blink", Motion(eye_open=(0.0, 0.0))),
+    ("wink", Motion(eye_open=(1.0, 0.0))),
+    ("frown", Motion(expression=frown(0.08))),
     ("look down", replace(about_the_neck(pitch=8.0), gaze=(0.0, 0.25), eye_open=(0.75, 0.75))),
 )
 
