@@ -181,6 +181,20 @@ def test_a_blink_reads_as_one_against_a_neutral_caught_with_narrowed_eyes(hopper
     assert np.mean(eyes[50:]) > 0.85
 
 
+def test_a_blink_while_the_face_eases_in_still_shows(hopper_points):
+    """A face found (or a better neutral found) eases the pose in from where the avatar was,
+    but not the lids: a blink in those first frames shows at once (the eval's head-turn clip
+    lost two blinks to the ease after its neutral was found)."""
+    motion = estimator()
+    motion.set_neutral(hopper_points, explicit=True)
+    eyes = []
+    for i in range(6):
+        frame = blink(hopper_points, 1.0 if i in (2, 3) else 0.0)
+        eyes.append(np.mean(motion.update(lm(frame, i / 30, i), i / 30).eye_open))
+    assert max(eyes[2:4]) < 0.5, eyes
+    assert eyes[5] > 0.9, eyes
+
+
 def test_one_euro_is_still_when_still_and_fast_when_fast():
     smooth = OneEuroFilter.from_config(SmoothingConfig())
     rng = np.random.default_rng(3)

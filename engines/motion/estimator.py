@@ -394,8 +394,9 @@ class MotionEstimator:
             weight = _ease((t - self._t_resume) / max(self.config.resume_ease_s, 1e-6))
             if weight >= 1.0:
                 self._t_resume = None
-            else:
-                motion = self._resume_from.blend(motion, weight)
+            else:  # the lids are the driver's at once: a blink in the ease still shows
+                eased = self._resume_from.blend(motion, weight)
+                motion = replace(eased, eye_open=motion.eye_open)
         return motion
 
     def _untracked(self, t: float) -> Motion:
@@ -428,16 +429,23 @@ class MotionEstimator:
         # filtered in comparable units (radians ≈ eye distances moved), so one beta fits all
         pose = self._pose_filter(np.array([*np.radians([yaw, pitch, roll]), *shift, fit.scale]), t)
         pose[:3] = np.degrees(pose[:3])
-        shape = (fit.invert(points) - neutral.points) / neutral.eye_distance
-        shape = self._shape_filter(shape, t)
-        return self._apply_gains(pose, shape, neutral, t)
+        local = fit.invert(points)
+        shape = self._shape_filter((local - neutral.points) / neutral.eye_distance, t)
+        return self._apply_gains(pose, shape, neutral, t, eye_openness_each(local))
 
     def _apply_gains(
-        self, pose: np.ndarray, shape: np.ndarray, neutral: Neutral, t: float
+        self,
+        pose: np.ndarray,
+        shape: np.ndarray,
+        neutral: Neutral,
+        t: float,
+        openness: tuple[float, float],
     ) -> Motion:
+        """`openness`: the eyes' as measured, unsmoothed: the shape's filter reads a lid's
+        first frame down as noise (a one-frame blink at 25 fps came through at a tenth of
+        its depth, two frames late), and the lids' hysteresis downstream keeps them steady."""
         gains, limits = self.config.gains, self.config.limits
         local = neutral.points + shape * neutral.eye_distance
-        openness = eye_openness_each(local)
         self._open_eyes.observe(t, openness)
         reference = self._open_eyes.reference(neutral.eye_open)
         eyes = tuple(o / max(r, 1e-6) for o, r in zip(openness, reference, strict=True))
