@@ -115,6 +115,19 @@ def test_a_squeeze_counts_neither_as_a_blink_nor_against_one():
     assert blink_f1_of(driver, output, None) == pytest.approx(2 * 1 / 5)  # every run a blink
 
 
+def test_a_blink_read_open_for_a_frame_in_its_middle_is_one_blink():
+    """At 25 fps, runs 2 frames apart are one blink (a lid cannot reopen and shut again in
+    80 ms), 3 frames apart two; an untracked frame between them keeps them apart."""
+    eyes = np.full(60, 0.3)
+    eyes[[10, 13]] = 0.05  # two frames between: one blink, 10..13 → 11
+    eyes[[30, 34]] = 0.05  # three: two blinks
+    eyes[[50, 52]] = 0.05
+    eyes[51] = np.nan
+    assert blink_events(eyes) == [10, 13, 30, 34, 50, 52]
+    assert blink_events(eyes, fps=25.0) == [11, 30, 34, 50, 52]
+    assert blink_events(eyes, fps=12.0) == [10, 13, 30, 34, 50, 52]  # 1 frame at 12 fps
+
+
 def test_blink_f1():
     assert blink_f1([], [3, 9]) is None  # the driver never blinks
     assert blink_f1([10, 40], []) == 0.0

@@ -21,9 +21,10 @@ against driver frame i, over frames tracked in both):
   series is constant).
 - blink_f1: blinks are runs of eye openness below 0.55 × the sequence's median, placed at the
   run's middle frame; events match one-to-one within ±2 frames; null when the driver never
-  blinks. A driver run longer than 0.3 s is a squeeze (eyes screwed shut), not a blink: it
-  counts neither way (no driver event, and output events within ±2 frames of it are
-  dropped).
+  blinks. Runs at most 0.1 s apart are one blink (the tracker reading a shut lid a little
+  open for a frame is no reopening). A driver run longer than 0.3 s is a squeeze (eyes
+  screwed shut), not a blink: it counts neither way (no driver event, and output events
+  within ±2 frames of it are dropped).
 - jitter_px: the driver's first frame repeated 30 times through the pipeline, re-tracked;
   mean 2D displacement per landmark between consecutive output frames, output pixels.
 
@@ -85,6 +86,7 @@ BLINK_TOLERANCE = 2  # frames either way for a blink to match
 # grimace), not blinking: a blink's closed phase lasts 0.05–0.2 s (every blink in the dev
 # clips), the grin clip's squeezes 0.33–0.42 s.
 SQUEEZE_S = 0.3
+BRIDGE_S = 0.1  # low runs this close are one blink (2 frames at 25 fps, 1 at 12)
 DEFAULT_AVATARS = (  # every photo (the targets are stated on photos), a painting, a drawing
     "photo_man_smiling.png",
     "photo_older_man.png",
@@ -189,40 +191,64 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
     return float(np.clip(np.corrcoef(x, y)[0, 1], -1.0, 1.0))
 
 
-def low_runs(openness: Sequence[float], ratio: float = BLINK_RATIO) -> list[tuple[int, int]]:
+def low_runs(
+    openness: Sequence[float], ratio: float = BLINK_RATIO, bridge: int = 0
+) -> list[tuple[int, int]]:
     """(first, last) frame of each run of frames whose openness is below `ratio` × the median
-    over tracked frames; untracked frames (NaN) end a run."""
+    over tracked frames; untracked frames (NaN) end a run; runs apart by at most `bridge`
+    tracked frames are one."""
     values = np.asarray(openness, np.float64)
     valid = ~np.isnan(values)
     if not valid.any():
         return []
     below = np.zeros(len(values), bool)
     below[valid] = values[valid] < ratio * np.median(values[valid])
-    runs, start = [], None
+    runs: list[tuple[int, int]] = []
+    start = None
     for i, low in enumerate([*below.tolist(), False]):
         if low and start is None:
             start = i
         elif not low and start is not None:
-            runs.append((start, i - 1))
+            if runs and _bridgeable(runs[-1][1], start, bridge, valid):
+                runs[-1] = (runs[-1][0], i - 1)
+            else:
+                runs.append((start, i - 1))
             start = None
     return runs
 
 
+def _bridgeable(end: int, start: int, bridge: int, valid: np.ndarray) -> bool:
+    """Whether a run ending at `end` and one starting at `start` are one: at most `bridge`
+    frames apart, all of them tracked."""
+    return start - end - 1 <= bridge and bool(valid[end:start].all())
+
+
 def blink_events(
-    openness: Sequence[float], ratio: float = BLINK_RATIO, fps: float | None = None
+    openness: Sequence[float],
+    ratio: float = BLINK_RATIO,
+    fps: float | None = None,
+    keep_squeezes: bool = False,
 ) -> list[int]:
-    """Middle frame (the lower one of an even run) of each low run (see low_runs); given
-    `fps`, runs longer than SQUEEZE_S are squeezes, not blinks, and left out."""
+    """Middle frame (the lower one of an even run) of each low run (see low_runs). Given
+    `fps`, runs apart by at most BRIDGE_S are one blink (the tracker reading a shut eye a
+    little open for a frame is no reopening: a lid cannot open and close again that fast),
+    and runs longer than SQUEEZE_S are squeezes, not blinks, left out unless kept."""
+    if fps is None:
+        return [(first + last) // 2 for first, last in low_runs(openness, ratio)]
     return [
         (first + last) // 2
-        for first, last in low_runs(openness, ratio)
-        if fps is None or not _is_squeeze(first, last, fps)
+        for first, last in low_runs(openness, ratio, _bridge(fps))
+        if keep_squeezes or not _is_squeeze(first, last, fps)
     ]
 
 
 def squeezes(openness: Sequence[float], fps: float) -> list[tuple[int, int]]:
     """(first, last) frame of each run held below the blink threshold longer than a blink."""
-    return [run for run in low_runs(openness) if _is_squeeze(*run, fps)]
+    return [run for run in low_runs(openness, bridge=_bridge(fps)) if _is_squeeze(*run, fps)]
+
+
+def _bridge(fps: float) -> int:
+    return int(BRIDGE_S * fps + 1e-9)
 
 
 def _is_squeeze(first: int, last: int, fps: float) -> bool:
@@ -266,8 +292,8 @@ def blink_f1_of(
     neither way (see the module doc)."""
     if fps is None:
         return blink_f1(blink_events(driver_eyes), blink_events(output_eyes))
-    held = squeezes(driver_eyes, fps)
-    return blink_f1(blink_events(driver_eyes, fps=fps), outside(blink_events(output_eyes), held))
+    found = blink_events(output_eyes, fps=fps, keep_squeezes=True)
+    return blink_f1(blink_events(driver_eyes, fps=fps), outside(found, squeezes(driver_eyes, fps)))
 
 
 def jitter_px(points: Sequence[np.ndarray | None]) -> float | None:
@@ -745,6 +771,7 @@ def format_report(
         "|p386 − p374| / |p362 − p263|; a blink is a run of frames below "
         f"{BLINK_RATIO} × the sequence's median openness, placed at its middle frame; events "
         f"match one-to-one within ±{BLINK_TOLERANCE} frames; n/a when the driver never blinks. "
+        f"Runs at most {BRIDGE_S} s apart are one blink. "
         f"A driver run longer than {SQUEEZE_S} s is a squeeze (eyes screwed shut), not a "
         "blink: it counts neither way (output events within the tolerance of it are dropped).",
         "- **gaze_r**: Pearson r of the mean horizontal iris position (p468, p473) between "
