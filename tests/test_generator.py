@@ -59,7 +59,7 @@ from engines.generator.avatar_prep import (
 )
 from engines.generator.interface import DriverView
 from engines.generator.mesh import build_mesh
-from engines.generator.mesh_cpu import EYES, LidState, MeshGenerator
+from engines.generator.mesh_cpu import EYES, LidState, MeshGenerator, lid_closures
 from engines.generator.warp import Roi, signed_areas, warp_image, warp_maps
 from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
 from engines.motion.estimator import Motion, MotionEstimator
@@ -821,6 +821,21 @@ def test_a_lid_opens_again_with_the_drivers_eye():
     assert lid.closure(0.45) == 1.0  # hysteresis: no flicker about one threshold
     between = lid.closure(0.6)
     assert 0.0 < between < 1.0, between
+
+
+def test_a_half_blink_shuts_both_lids_and_a_narrowed_eye_alone_is_no_wink():
+    """Both eyes at 0.45 of open (a half blink, as the eval counts blinks: under 0.55 of
+    the open eye) shut both lids; one eye at 0.4 while the other stays open is a far eye
+    narrowed by a head turn, not a wink (it used to shut alone); one at 0.2 is a wink, and
+    it stays one while it opens towards half."""
+    lids = [LidState(), LidState()]
+    assert lid_closures(lids, (0.45, 0.45), 0.0) == [1.0, 1.0]
+    lids = [LidState(), LidState()]
+    narrowed = lid_closures(lids, (0.4, 0.87), 0.0)
+    assert max(narrowed) < 1.0 and not lids[0].closed, narrowed
+    lids = [LidState(), LidState()]
+    assert lid_closures(lids, (0.2, 0.95), 0.0)[0] == 1.0
+    assert lid_closures(lids, (0.45, 0.95), 0.0)[0] == 1.0  # held: hysteresis
 
 
 def test_looking_down_lowers_both_lids_and_is_no_blink(hopper, retrack):

@@ -77,6 +77,7 @@ SHUT_FROM = 0.5  # lid closure from which the shut lid's own skin fades in
 GAZE_LOWERS_LIDS = 4.0  # upper lid closure per eye width the iris looks down (up to the max)
 MAX_GAZE_LOWERING = 0.35
 WINK_OTHER_OPEN = 0.75  # one eye shuts alone only while the other reads this open
+WINK_BELOW = 0.35  # ... and it reads this shut: a far eye narrowed by a head turn is no wink
 LIDS_ALIKE = 0.5  # how far each lid short of shut moves towards the two lids' mean
 # Vertices whose place is the signal itself (lid edges, inner lips): a fold is undone by
 # moving their neighbours first.
@@ -224,11 +225,13 @@ def _blend(background: np.ndarray, foreground: np.ndarray, alpha: np.ndarray) ->
 class LidState:
     """Blink signal → lid closure (0 open .. 1 shut), with hysteresis: the tracker never
     reads a closed eye as 0 (more like 0.2–0.3 of open), and one threshold would flicker.
-    A shut lid opens again once the driver's eye is half open: held shut until nearly fully
+    The lid shuts once the driver's eye reads under half open: a half blink (0.45–0.55 of
+    open, a fifth of the dev clips' blinks) shown as a lid three quarters down read to the
+    tracker as an eye still open. It opens again just above: held shut until nearly fully
     open, two blinks with a half-open eye between were shown as one long one."""
 
-    CLOSE_BELOW = 0.42
-    OPEN_ABOVE = 0.5
+    CLOSE_BELOW = 0.5
+    OPEN_ABOVE = 0.56
     SHUT_READING = 0.3  # what a shut eye reads (relative to the neutral's opening)
     MAX_PARTIAL = 0.85
     MAX_WIDENING = 0.3  # eyes opened wider than the neutral's raise the lids (surprise)
@@ -259,16 +262,21 @@ def lid_closures(
 ) -> list[float]:
     """Both lids' closure (0 open .. 1 shut), read together: the upper lids follow the eyes
     down (a look down lowers both, and is read as no blink); one eye shuts alone only while
-    the other is clearly open (a wink stays a wink; one lid read lower than the other while
-    looking down is no wink), and lids short of shut move alike (the tracker reads the two
+    the other is clearly open and it reads well shut (a wink stays a wink; one lid read lower
+    than the other while looking down, or the far eye narrowed by a turn, is no wink), and
+    lids short of shut move alike (the tracker reads the two
     eyes unevenly, a face rarely moves them so)."""
     follow = float(np.clip(GAZE_LOWERS_LIDS * gaze_down, 0.0, MAX_GAZE_LOWERING))
     expected = 1.0 - follow
+    was_shut = [lid.closed for lid in lids]
     closures = [lid.closure(e, expected) for lid, e in zip(lids, eye_open, strict=True)]
     shut = [lid.closed for lid in lids]
     if shut[0] != shut[1]:
         alone = shut.index(True)
-        if eye_open[1 - alone] / expected < WINK_OTHER_OPEN:
+        winks = was_shut[alone] or eye_open[alone] / expected < WINK_BELOW
+        if not winks:
+            lids[alone].closed = False  # no wink begins short of shut
+        if not winks or eye_open[1 - alone] / expected < WINK_OTHER_OPEN:
             closures[alone] = lids[alone].partial(eye_open[alone])
             shut[alone] = False
     moving = [i for i in range(2) if not shut[i]]
