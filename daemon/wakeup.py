@@ -15,8 +15,8 @@ import signal
 import socket
 from collections.abc import Iterator
 
-# At most this much is read per wait: wakeups only say "look at the flags", their count means
-# nothing (a full buffer drops the byte of a wakeup that is already pending).
+# Read per wait: a wakeup only says "look at the flags", how many came means nothing (a full
+# buffer drops the byte of a wakeup that is already pending).
 _DRAIN_BYTES = 4096
 
 
@@ -40,9 +40,8 @@ class Wakeup:
         readable, _, _ = select.select([self._reader], [], [], timeout_s)
         if not readable:
             return False
-        with contextlib.suppress(OSError):
-            while self._reader.recv(_DRAIN_BYTES):
-                pass
+        with contextlib.suppress(OSError):  # one read, never a loop that signals could keep
+            self._reader.recv(_DRAIN_BYTES)  # going; what is left only wakes the next wait
         return True
 
     @contextlib.contextmanager
