@@ -179,16 +179,18 @@ class Daemon:
             with self._wake.signals_wake():
                 thread = self._start()
                 try:
-                    self._supervise()
+                    if thread is not None:
+                        self._supervise()
                 finally:
                     self._shutdown(thread)
         finally:
             self._wake.close()
         return 0
 
-    def _start(self) -> threading.Thread:
-        """Build the components and start the frame loop; returns its thread. A stop asked
-        for meanwhile is acted on as the supervisor starts (its first look at the flags)."""
+    def _start(self) -> threading.Thread | None:
+        """Build the components and start the frame loop; returns its thread, or None when a
+        stop was asked for while the slow part (engines, tracker, avatar) was built: then no
+        camera, sink or port is opened (systemd may be counting down TimeoutStopSec)."""
         self._pid_file = write_pid_file()
         log.info(
             "starting: %d sink(s), output %dx%d @ %g fps",
@@ -203,6 +205,9 @@ class Daemon:
         pipeline = build_pipeline(
             self.config, self.stats, build_generator_or_default(self.config, engine), engine
         )
+        if self._stop_requested:
+            pipeline.close()
+            return None
         capture = self._start_capture(self.config)
         self.sinks.configure(self.config.sinks, self.config.output)
         self.loop = FrameLoop(capture, pipeline, self.sinks, self.config.output.fps, self.stats)
@@ -266,7 +271,7 @@ class Daemon:
         self._calibration_requested = True
         self._wake.set()
 
-    def _shutdown(self, thread: threading.Thread) -> None:
+    def _shutdown(self, thread: threading.Thread | None) -> None:
         started = time.monotonic()
         self._notifier.stopping()
         self._loop_stop.set()
@@ -279,11 +284,12 @@ class Daemon:
         def wait_s(most_s: float) -> float:
             return max(0.0, min(most_s, deadline - time.monotonic()))
 
-        thread.join(wait_s(0.3))
+        if thread is not None:
+            thread.join(wait_s(0.3))
         if self.loop is not None:
             self.loop.capture.close(wait_s(0.2))
         self.sinks.close(wait_s(0.3))
-        if self.loop is not None and not thread.is_alive():
+        if self.loop is not None and thread is not None and not thread.is_alive():
             self.loop.pipeline.close()
         remove_pid_file(self._pid_file)
         log.info(

@@ -121,6 +121,25 @@ def test_sigterm_at_a_random_moment_stops_cleanly_in_time(
     assert all(line in log for line in expected), log
 
 
+def test_sigterm_while_it_starts_stops_it_cleanly(
+    start_daemon, notify_socket: NotifySocket
+) -> None:
+    """SIGTERM as soon as the daemon says it is starting (its handlers are in, the engines,
+    tracker and avatar still being built): it stops by itself, exit code 0, STOPPING=1 its
+    last word. Whether it got as far as opening the camera is the machine's speed's (printed)."""
+    daemon = start_daemon(daemon_config("/dev/video99", "{type: 'null'}"), env=HOOKS)
+    deadline = time.monotonic() + STOP_HANG_S  # a hang guard only
+    while "starting:" not in daemon.log():
+        assert daemon.proc.poll() is None and time.monotonic() < deadline, daemon.log()
+        time.sleep(0.01)
+    assert daemon.stop() == 0, daemon.log()
+    log = daemon.log()
+    assert "stopped in" in log, log
+    stopping = notify_socket.wait_for("STOPPING=1")  # the datagram may still be on its way
+    assert stopping == len(notify_socket.texts()) - 1, notify_socket.texts()
+    print(f"camera opened before the stop: {'Capture(' in log}; ready: {'ready:' in log}")
+
+
 def test_a_signal_between_any_two_lines_of_the_supervisor_is_acted_on(
     start_daemon, tmp_path: Path
 ) -> None:
