@@ -235,7 +235,7 @@ class DaemonProcess:
         env: dict[str, str],
         module: str = "daemon",
     ):
-        self.log_path = config.parent / "daemon.log"
+        self.config, self.log_path = config, config.parent / "daemon.log"
         child_env = {**os.environ, **env}
         child_env.pop("NOTIFY_SOCKET", None)
         if notify is not None:
