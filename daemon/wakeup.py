@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 # Read per wait: a wakeup only says "look at the flags", how many came means nothing (a full
 # buffer drops the byte of a wakeup that is already pending).
-_DRAIN_BYTES = 4096
+_READ_BYTES = 4096
 
 
 class Wakeup:
@@ -41,7 +41,7 @@ class Wakeup:
         if not readable:
             return False
         with contextlib.suppress(OSError):  # one read, never a loop that signals could keep
-            self._reader.recv(_DRAIN_BYTES)  # going; what is left only wakes the next wait
+            self._reader.recv(_READ_BYTES)  # going; what is left only wakes the next wait
         return True
 
     @contextlib.contextmanager
