@@ -10,6 +10,10 @@ from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
+# A receiver that stopped reading (a full queue) must not hold the supervisor, and with it
+# SIGTERM, for good: the message is dropped after this long (systemd reads at once).
+SEND_TIMEOUT_S = 2.0
+
 
 class Notifier:
     """Sends `KEY=value` datagrams to $NOTIFY_SOCKET (path or @abstract)."""
@@ -40,6 +44,7 @@ class Notifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.settimeout(SEND_TIMEOUT_S)
                 sock.connect(self._address)
                 sock.sendall("\n".join(lines).encode())
         except OSError as exc:

@@ -1,10 +1,12 @@
 """The daemon: owns the components, talks to systemd, reacts to signals.
 
-Signal handlers only record the signal; the supervising main thread acts on it. The frame
-loop runs on its own thread, so a stalled loop is visible to the watchdog (no WATCHDOG=1 is
-sent unless frames are really flowing) while SIGTERM is still handled within a second. The
-web page and WebRTC endpoint (daemon.web) run an asyncio loop on a third thread; live changes
-from it go through `update_settings`/`apply`, serialised with reloads by one lock.
+Signal handlers only record the signal and wake the supervising main thread, which acts on
+it. They take no lock (daemon.wakeup): a handler runs on the main thread wherever that was
+interrupted, maybe inside the very lock it would wait for, forever. The frame loop runs on its
+own thread, so a stalled loop is visible to the watchdog (no WATCHDOG=1 is sent unless frames
+are really flowing) while SIGTERM is still handled within a second. The web page and WebRTC
+endpoint (daemon.web) run an asyncio loop on a third thread; live changes from it go through
+`update_settings`/`apply`, serialised with reloads by one lock.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from daemon.pipeline import FrameLoop, build_detector, build_pipeline, make_gene
 from daemon.sinks import SinkSet
 from daemon.stats import RollingStats
 from daemon.v4l2 import SYSFS_ROOT
+from daemon.wakeup import Wakeup
 from engines.generator.interface import Generator
 
 if TYPE_CHECKING:
@@ -154,7 +157,7 @@ class Daemon:
         self._reload_requested = False
         self._calibration_requested = False
         self._stall_toggles = 0
-        self._wake = threading.Event()
+        self._wake = Wakeup()  # set from signal handlers: must take no lock
         self._loop_stop = threading.Event()
         self.sinks = SinkSet(self.stats, sysfs_root)
         self.loop: FrameLoop | None = None
@@ -172,6 +175,22 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the process exit code."""
         self._install_signal_handlers()
+        try:
+            with self._wake.signals_wake():
+                thread = self._start()
+                try:
+                    if thread is not None:
+                        self._supervise()
+                finally:
+                    self._shutdown(thread)
+        finally:
+            self._wake.close()
+        return 0
+
+    def _start(self) -> threading.Thread | None:
+        """Build the components and start the frame loop; returns its thread, or None when a
+        stop was asked for while the slow part (engines, tracker, avatar) was built: then no
+        camera, sink or port is opened (systemd may be counting down TimeoutStopSec)."""
         self._pid_file = write_pid_file()
         log.info(
             "starting: %d sink(s), output %dx%d @ %g fps",
@@ -186,6 +205,9 @@ class Daemon:
         pipeline = build_pipeline(
             self.config, self.stats, build_generator_or_default(self.config, engine), engine
         )
+        if self._stop_requested:
+            pipeline.close()
+            return None
         capture = self._start_capture(self.config)
         self.sinks.configure(self.config.sinks, self.config.output)
         self.loop = FrameLoop(capture, pipeline, self.sinks, self.config.output.fps, self.stats)
@@ -194,44 +216,47 @@ class Daemon:
             target=self.loop.run, args=(self._loop_stop,), name="frame-loop", daemon=True
         )
         thread.start()
+        return thread
+
+    def _supervise(self) -> None:
+        """The main thread's loop until a stop is requested: reloads, calibration, stall
+        checks, sd_notify (READY, WATCHDOG, STATUS) and the heap trim."""
+        assert self.loop is not None
         last_watchdog = last_status = float("-inf")
         last_trim = time.monotonic()
         last_health: tuple[object, ...] = ()
-        try:
-            while not self._stop_requested:
-                self._wake.wait(SUPERVISE_TICK_S)
-                self._wake.clear()
-                if self._reload_requested:
-                    self._reload_requested = False
-                    self.reload()
-                    last_trim = float("-inf")  # the old generator and graph are freed now
-                if self._calibration_requested:
-                    self._calibration_requested = False
-                    self.loop.pipeline.calibrate()
-                    log.info("calibration requested: the next tracked frame is the neutral face")
-                self._apply_test_hooks()
-                self.loop.capture.check_stalled()
-                self.sinks.check_stalled()
-                now = time.monotonic()
-                if not self._ready_sent and self.loop.first_frame.is_set():
-                    self._ready_sent = True
-                    self._notifier.ready(self.status_line())
-                    log.info("ready: first frame published")
-                if self._watchdog_due(now, last_watchdog) and self.frames_flowing(now):
-                    self._notifier.watchdog()
-                    last_watchdog = now
-                if now - last_trim >= HEAP_TRIM_INTERVAL_S:
-                    last_trim = now
-                    trim_heap()
-                health = self._health(now)
-                if self._ready_sent and (
-                    now - last_status >= STATUS_INTERVAL_S or health != last_health
-                ):
-                    last_status, last_health = now, health  # a state change: at once
-                    self._send_status()
-        finally:
-            self._shutdown(thread)
-        return 0
+        while not self._stop_requested:
+            self._wake.wait(SUPERVISE_TICK_S)
+            if self._stop_requested:
+                break
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+                last_trim = float("-inf")  # the old generator and graph are freed now
+            if self._calibration_requested:
+                self._calibration_requested = False
+                self.loop.pipeline.calibrate()
+                log.info("calibration requested: the next tracked frame is the neutral face")
+            self._apply_test_hooks()
+            self.loop.capture.check_stalled()
+            self.sinks.check_stalled()
+            now = time.monotonic()
+            if not self._ready_sent and self.loop.first_frame.is_set():
+                self._ready_sent = True
+                self._notifier.ready(self.status_line())
+                log.info("ready: first frame published")
+            if self._watchdog_due(now, last_watchdog) and self.frames_flowing(now):
+                self._notifier.watchdog()
+                last_watchdog = now
+            if now - last_trim >= HEAP_TRIM_INTERVAL_S:
+                last_trim = now
+                trim_heap()
+            health = self._health(now)
+            if self._ready_sent and (
+                now - last_status >= STATUS_INTERVAL_S or health != last_health
+            ):
+                last_status, last_health = now, health  # a state change: at once
+                self._send_status()
 
     def request_stop(self) -> None:
         self._stop_requested = True
@@ -246,7 +271,7 @@ class Daemon:
         self._calibration_requested = True
         self._wake.set()
 
-    def _shutdown(self, thread: threading.Thread) -> None:
+    def _shutdown(self, thread: threading.Thread | None) -> None:
         started = time.monotonic()
         self._notifier.stopping()
         self._loop_stop.set()
@@ -259,11 +284,12 @@ class Daemon:
         def wait_s(most_s: float) -> float:
             return max(0.0, min(most_s, deadline - time.monotonic()))
 
-        thread.join(wait_s(0.3))
+        if thread is not None:
+            thread.join(wait_s(0.3))
         if self.loop is not None:
             self.loop.capture.close(wait_s(0.2))
         self.sinks.close(wait_s(0.3))
-        if self.loop is not None and not thread.is_alive():
+        if self.loop is not None and thread is not None and not thread.is_alive():
             self.loop.pipeline.close()
         remove_pid_file(self._pid_file)
         log.info(
@@ -273,6 +299,8 @@ class Daemon:
         )
 
     def _install_signal_handlers(self) -> None:
+        """Each handler sets a flag and wakes the supervisor: nothing that takes a lock, logs
+        or blocks (it may have interrupted the main thread anywhere)."""
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         # SIGQUIT: every thread's stack to stderr (the journal), from C, so even a main thread
         # stuck outside Python says where: what a daemon that will not stop is doing.

@@ -225,17 +225,24 @@ STOP_HANG_S = 30.0
 
 
 class DaemonProcess:
-    """`talking-head-cam run` as a real child process, its stderr captured to a file."""
+    """`talking-head-cam run` as a real child process, its stderr captured to a file;
+    `module`: what `python -m` runs (a test driver that wraps the daemon's CLI)."""
 
-    def __init__(self, config: Path, notify: NotifySocket | None, env: dict[str, str]):
-        self.log_path = config.parent / "daemon.log"
+    def __init__(
+        self,
+        config: Path,
+        notify: NotifySocket | None,
+        env: dict[str, str],
+        module: str = "daemon",
+    ):
+        self.config, self.log_path = config, config.parent / "daemon.log"
         child_env = {**os.environ, **env}
         child_env.pop("NOTIFY_SOCKET", None)
         if notify is not None:
             child_env["NOTIFY_SOCKET"] = str(notify.path)
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "--config", str(config), "run"],
+            [sys.executable, "-m", module, "--config", str(config), "run"],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=child_env,
@@ -270,11 +277,14 @@ def start_daemon(tmp_path: Path, notify_socket: NotifySocket):
     started: list[DaemonProcess] = []
 
     def start(
-        config_text: str, env: dict[str, str] | None = None, notify: bool = True
+        config_text: str,
+        env: dict[str, str] | None = None,
+        notify: bool = True,
+        module: str = "daemon",
     ) -> DaemonProcess:
         config = tmp_path / "config.yaml"
         config.write_text(config_text)
-        daemon = DaemonProcess(config, notify_socket if notify else None, env or {})
+        daemon = DaemonProcess(config, notify_socket if notify else None, env or {}, module)
         started.append(daemon)
         return daemon
 

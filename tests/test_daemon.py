@@ -214,14 +214,17 @@ def test_calibrate_command_reaches_the_running_daemon(
     runtime = tmp_path / "run"
     runtime.mkdir()
     env = {"XDG_RUNTIME_DIR": str(runtime)}
-    daemon = start_daemon(config_text(str(clip)), env=env)
+    # web port 0 and the CLI on this config: no other daemon on the machine (a suite running
+    # beside this one) is reached through the default port, before or after this one stops
+    daemon = start_daemon(config_text(str(clip), extra="web: {port: 0}\n"), env=env)
+    calibrate = [sys.executable, "-m", "daemon", "calibrate", "--config", str(daemon.config)]
     ready = notify_socket.wait_for("READY=1")
     notify_socket.wait_for("face tracked", after=ready)
     assert (runtime / f"talking-head-cam-{os.getuid()}.pid").read_text().strip() == str(
         daemon.proc.pid
     )
     result = subprocess.run(
-        [sys.executable, "-m", "daemon", "calibrate"],
+        calibrate,
         capture_output=True,
         text=True,
         env={**os.environ, **env},
@@ -237,7 +240,7 @@ def test_calibrate_command_reaches_the_running_daemon(
     assert not (runtime / f"talking-head-cam-{os.getuid()}.pid").exists()
 
     result = subprocess.run(
-        [sys.executable, "-m", "daemon", "calibrate"],
+        calibrate,
         capture_output=True,
         text=True,
         env={**os.environ, **env},

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TEST_SUPPORT, NotifySocket, read_video, unit_seconds, write_video
+from conftest import (
+    STOP_HANG_S,
+    TEST_SUPPORT,
+    NotifySocket,
+    read_video,
+    unit_seconds,
+    write_video,
+)
 from thc_testing.faults import control_path, set_fault
 
 SIZE = (320, 240)
@@ -112,6 +119,44 @@ def test_sigterm_at_a_random_moment_stops_cleanly_in_time(
     log = daemon.log()
     assert log.count("still busy") == len(expected), log
     assert all(line in log for line in expected), log
+
+
+def test_sigterm_while_it_starts_stops_it_cleanly(
+    start_daemon, notify_socket: NotifySocket
+) -> None:
+    """SIGTERM as soon as the daemon says it is starting (its handlers are in, the engines,
+    tracker and avatar still being built): it stops by itself, exit code 0, STOPPING=1 its
+    last word. Whether it got as far as opening the camera is the machine's speed's (printed)."""
+    daemon = start_daemon(daemon_config("/dev/video99", "{type: 'null'}"), env=HOOKS)
+    deadline = time.monotonic() + STOP_HANG_S  # a hang guard only
+    while "starting:" not in daemon.log():
+        assert daemon.proc.poll() is None and time.monotonic() < deadline, daemon.log()
+        time.sleep(0.01)
+    assert daemon.stop() == 0, daemon.log()
+    log = daemon.log()
+    assert "stopped in" in log, log
+    stopping = notify_socket.wait_for("STOPPING=1")  # the datagram may still be on its way
+    assert stopping == len(notify_socket.texts()) - 1, notify_socket.texts()
+    print(f"camera opened before the stop: {'Capture(' in log}; ready: {'ready:' in log}")
+
+
+def test_a_signal_between_any_two_lines_of_the_supervisor_is_acted_on(
+    start_daemon, tmp_path: Path
+) -> None:
+    """SIGUSR1 raised on the main thread at each line it runs for a while (the driver
+    thc_testing.signal_everywhere), then SIGTERM: the daemon stops, exit code 0. A handler
+    that waits for a lock the interrupted line holds (Event.set inside Event.wait: the CI's
+    daemons that ignored SIGTERM) blocks the main thread for good at the first such line."""
+    text = daemon_config("/dev/video99", "{type: 'null'}")
+    daemon = start_daemon(text, env=HOOKS, module="thc_testing.signal_everywhere")
+    deadline = time.monotonic() + STOP_HANG_S  # a hang guard only
+    while "signal storm over" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    code = daemon.stop()
+    log = daemon.log()
+    assert "signal storm over" in log and code == 0, f"hung in the signal storm:\n{log[-4000:]}"
+    assert "calibration requested" in log  # the handler's request was acted on
+    assert "stopped in" in log
 
 
 WATCHDOG_S = 1.0
