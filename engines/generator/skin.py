@@ -50,11 +50,13 @@ from engines.motion.estimator import Motion
 # ---------------------------------------------------------------- how far the expression goes
 
 # Per side (the subject's right, then left): mouth corner, the cheek's centre (landmarks whose
-# mean is the malar area's middle), the nasolabial fold from the nose wing down to beside the
-# corner, and the inner brow.
+# mean is the malar area's middle), the cheek's inner edge (beside the nose wing, down along the
+# nasolabial fold to below the corner), the fold's crease from the nose wing (its end is put
+# just outside the corner) and the inner brow.
 CORNERS = (MOUTH_RIGHT, MOUTH_LEFT)
 CHEEK_CENTRES = ((50, 101, 118, 205), (280, 330, 347, 425))
-FOLDS = ((203, 206, 216, 212), (423, 426, 436, 432))
+CHEEK_EDGES = ((203, 206, 216, 212), (423, 426, 436, 432))
+CREASES = ((129, 206, 216), (358, 426, 436))
 INNER_BROWS = ((55, 65, 107), (285, 295, 336))
 OUTWARD = (-1.0, 1.0)  # image x direction away from the face's middle, per side
 FULL_SMILE = 0.08  # corner travel (eye distances, up + half out) that counts as a full smile
@@ -133,7 +135,7 @@ def cheek_weights(points: np.ndarray, unit: float, neighbours: sparse.csr_matrix
         outward = OUTWARD[side]
         centre = xy[list(CHEEK_CENTRES[side])].mean(0)
         bump = np.exp(-0.5 * (np.linalg.norm(xy - centre, axis=1) / (CHEEK_RADIUS * unit)) ** 2)
-        fold = xy[list(FOLDS[side])]
+        fold = xy[list(CHEEK_EDGES[side])]
         fold_x = np.interp(xy[:, 1], fold[:, 1], fold[:, 0])  # clamped above and below
         lateral = _smoothstep(outward * (xy[:, 0] - fold_x) / (0.08 * unit))
         lid = xy[lowers[side]]
@@ -252,9 +254,9 @@ def skin_mask(space: SkinSpace) -> np.ndarray:
 
 # ---------------------------------------------------------------- fold shading
 
-FOLD_DARKEST = 0.16  # a full smile's nasolabial crease: this much darker (log luminance)
+FOLD_DARKEST = 0.09  # a full smile's nasolabial crease: this much darker (log luminance)
 FOLD_LIGHTER = 0.35  # the skin just inside the fold: lighter by this share of the crease
-GLABELLA_DARKEST = 0.14  # a full frown's lines between the brows
+GLABELLA_DARKEST = 0.1  # a full frown's lines between the brows
 MAX_FOLD_STRENGTH = 1.5  # expressions past full deepen the folds no further than this
 
 
@@ -295,10 +297,10 @@ def fold_layers(space: SkinSpace) -> np.ndarray:
     layers = np.zeros((3, *space.size[::-1]), np.float32)
     for side in range(2):
         out = np.array([OUTWARD[side], 0.0])
-        crease = p[list(FOLDS[side])].copy()
-        crease[-1] = p[CORNERS[side]] + (out * 0.08 + (0.0, 0.02)) * unit
+        end = p[CORNERS[side]] + (out * 0.07 + (0.0, -0.01)) * unit
+        crease = np.vstack([p[list(CREASES[side])], end])
         curve = _curve(crease)
-        dark = _line_layer(space, curve, 0.016)
+        dark = _line_layer(space, curve, 0.02)
         light = _line_layer(space, curve - out * 0.04 * unit, 0.035)
         layers[side] = -FOLD_DARKEST * dark + FOLD_LIGHTER * FOLD_DARKEST * light
     heads = p[[INNER_BROWS[0][0], INNER_BROWS[1][0]]]
