@@ -193,7 +193,7 @@ def test_driver_detail_carries_no_identity(hopper, driver_face, other_face):
     assert abs(correlation(detailed) - correlation(plain)) < 0.01
 
 
-def test_the_driver_neutral_is_forgotten_when_the_face_is_lost(hopper, driver_face):
+def test_the_driver_neutral_is_forgotten_when_the_face_is_lost_or_recalibrated(hopper, driver_face):
     generator = MeshGenerator(MeshGeneratorConfig(), hopper, *own_size(hopper))
     detail = generator.skin.driver
     assert isinstance(detail, DriverDetail)
@@ -203,6 +203,11 @@ def test_the_driver_neutral_is_forgotten_when_the_face_is_lost(hopper, driver_fa
     assert detail.neutral is None
     # an expression is no neutral: nothing is learnt from it, so nothing shows
     assert detail.update(TALKING, driver_face) is None
+    # a recalibration forgets it too (from the next frame on: the web thread asks)
+    detail.update(Motion(state="tracked", expression=np.zeros((478, 3), np.float32)), driver_face)
+    assert detail.update(TALKING, driver_face) is not None
+    generator.forget_driver_neutral()
+    assert detail.update(TALKING, driver_face) is None and detail.neutral is None
 
 
 def test_the_skin_mask_leaves_out_eyes_and_lips(hopper):

@@ -891,6 +891,12 @@ class MeshGenerator:
         self.lid_driven = np.isin(np.arange(N_FACE), LID_DRIVEN)
         self.last_dest = self.rest
 
+    def forget_driver_neutral(self) -> None:
+        """The user recalibrated: the driver's neutral skin (skin_detail: driver) is learnt
+        anew from the next near-neutral frames."""
+        if self.skin.driver is not None:
+            self.skin.driver.forget()
+
     # ------------------------------------------------------------ geometry
 
     def deform(self, motion: Motion) -> np.ndarray:

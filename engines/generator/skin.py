@@ -258,6 +258,7 @@ FOLD_DARKEST = 0.09  # a full smile's nasolabial crease: this much darker (log l
 FOLD_LIGHTER = 0.35  # the skin just inside the fold: lighter by this share of the crease
 GLABELLA_DARKEST = 0.1  # a full frown's lines between the brows
 MAX_FOLD_STRENGTH = 1.5  # expressions past full deepen the folds no further than this
+FAINTEST_FOLD = 0.02  # fold strengths below this are not drawn at all
 
 
 def _line_layer(space: SkinSpace, polyline: np.ndarray, sigma: float) -> np.ndarray:
@@ -357,6 +358,14 @@ def near_neutral(motion: Motion) -> bool:
     )
 
 
+def _facing(motion: Motion) -> float:
+    """1 while the driver faces the camera, fading to 0 as it turns away (its far cheek
+    then hides, and the warp into the rest face stretches what is left)."""
+    turned = max(abs(motion.yaw), abs(motion.pitch))
+    low, high = DETAIL_TURN_DEG
+    return 1.0 - float(_smoothstep(np.array((turned - low) / (high - low))))
+
+
 @dataclass(slots=True)
 class DriverDetail:
     """The driver's expression wrinkles in skin space (skin_detail: driver): its band-passed
@@ -368,9 +377,16 @@ class DriverDetail:
     neutral: np.ndarray | None = None
     neutral_frames: int = 0
     last: np.ndarray | None = field(default=None, repr=False)
+    forget_requested: bool = False
 
     def reset(self) -> None:
         self.neutral, self.neutral_frames, self.last = None, 0, None
+        self.forget_requested = False
+
+    def forget(self) -> None:
+        """Learn the neutral anew from the next frames (the user recalibrated). Any thread:
+        the frame loop's next update does it."""
+        self.forget_requested = True
 
     def warp_driver(self, driver: DriverView) -> np.ndarray:
         """The driver frame's face band-passed in skin space (float32)."""
@@ -393,8 +409,9 @@ class DriverDetail:
     def update(self, motion: Motion, driver: DriverView | None) -> np.ndarray | None:
         """This frame's detail (log luminance in skin space, masked, clamped), or None while
         there is none to show (no driver frame, no neutral learnt yet, the face turned away)."""
-        if motion.state != "tracked":
+        if motion.state != "tracked" or self.forget_requested:
             self.reset()
+        if motion.state != "tracked":
             return None
         if driver is None:
             return self.last
@@ -407,12 +424,7 @@ class DriverDetail:
                 self.neutral += (detail - self.neutral) / self.neutral_frames
         if self.neutral is None:
             return None
-        turned = max(abs(motion.yaw), abs(motion.pitch))
-        facing = 1.0 - float(
-            _smoothstep(
-                np.array((turned - DETAIL_TURN_DEG[0]) / (DETAIL_TURN_DEG[1] - DETAIL_TURN_DEG[0]))
-            )
-        )
+        facing = _facing(motion)
         if facing <= 0.0:
             self.last = None
             return None
@@ -453,7 +465,7 @@ class SkinShading:
     def frame(self, motion: Motion, driver: DriverView | None) -> np.ndarray | None:
         strengths = fold_strengths(motion.expression)
         shading = None
-        if strengths.max() > 0.02:
+        if strengths.max() > FAINTEST_FOLD:
             shading = np.tensordot(strengths.astype(np.float32), self.folds, axes=1)
         if self.driver is not None:
             detail = self.driver.update(motion, driver)
