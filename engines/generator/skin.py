@@ -56,7 +56,7 @@ from engines.motion.estimator import Motion
 CORNERS = (MOUTH_RIGHT, MOUTH_LEFT)
 CHEEK_CENTRES = ((50, 101, 118, 205), (280, 330, 347, 425))
 CHEEK_EDGES = ((203, 206, 216, 212), (423, 426, 436, 432))
-CREASES = ((129, 206, 216), (358, 426, 436))
+CREASES = ((129, 206), (358, 426))
 INNER_BROWS = ((55, 65, 107), (285, 295, 336))
 OUTWARD = (-1.0, 1.0)  # image x direction away from the face's middle, per side
 FULL_SMILE = 0.08  # corner travel (eye distances, up + half out) that counts as a full smile
@@ -255,7 +255,7 @@ def skin_mask(space: SkinSpace) -> np.ndarray:
 # ---------------------------------------------------------------- fold shading
 
 FOLD_DARKEST = 0.09  # a full smile's nasolabial crease: this much darker (log luminance)
-FOLD_LIGHTER = 0.35  # the skin just inside the fold: lighter by this share of the crease
+FOLD_LIGHTER = 0.25  # the skin just inside the fold: lighter by this share of the crease
 GLABELLA_DARKEST = 0.1  # a full frown's lines between the brows
 MAX_FOLD_STRENGTH = 1.5  # expressions past full deepen the folds no further than this
 FAINTEST_FOLD = 0.02  # fold strengths below this are not drawn at all
@@ -298,7 +298,7 @@ def fold_layers(space: SkinSpace) -> np.ndarray:
     layers = np.zeros((3, *space.size[::-1]), np.float32)
     for side in range(2):
         out = np.array([OUTWARD[side], 0.0])
-        end = p[CORNERS[side]] + (out * 0.07 + (0.0, -0.01)) * unit
+        end = p[CORNERS[side]] + (out * 0.09 + (0.0, 0.0)) * unit
         crease = np.vstack([p[list(CREASES[side])], end])
         curve = _curve(crease)
         dark = _line_layer(space, curve, 0.02)
