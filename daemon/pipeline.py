@@ -234,9 +234,13 @@ class Pipeline:
         return self._shape[1], self._shape[0]
 
     def calibrate(self) -> None:
-        """Take the next tracked frame as the user's neutral face."""
+        """Take the next tracked frame as the user's neutral face (and a generator that
+        learns the driver's neutral skin learns it anew)."""
         if self.estimator is not None:
             self.estimator.calibrate()
+        forget = getattr(self.generator, "forget_driver_neutral", None)
+        if forget is not None:
+            forget()
 
     def reconfigure_motion(self, config: MotionConfig) -> None:
         """New gains, smoothing and limits from the next frame on (the neutral is kept)."""

@@ -943,8 +943,10 @@ def test_driver_mouth_interior_shows_the_driver_only_inside_the_lips(hopper, dev
     assert found is not None
     driver = DriverView(driver_image, found.points)
     avatar = dev_photo or hopper
-    synthetic = MeshGenerator(MeshGeneratorConfig(), avatar, *SIZE)
-    borrowed = MeshGenerator(MeshGeneratorConfig(mouth_interior="driver"), avatar, *SIZE)
+    synthetic = MeshGenerator(MeshGeneratorConfig(skin_detail="off"), avatar, *SIZE)
+    borrowed = MeshGenerator(
+        MeshGeneratorConfig(mouth_interior="driver", skin_detail="off"), avatar, *SIZE
+    )
     assert (synthetic.uses_driver_pixels, borrowed.uses_driver_pixels) == (False, True)
     plain = synthetic.render(open_mouth, driver)  # ignored: not configured to use it
     assert np.array_equal(plain, synthetic.render(open_mouth))
@@ -962,6 +964,24 @@ def test_driver_mouth_interior_shows_the_driver_only_inside_the_lips(hopper, dev
     changed = np.abs(mixed.astype(int) - plain).sum(2) > 0
     assert changed.any(), "the driver's mouth interior did not show"
     assert not (changed & (lips == 0)).any(), "driver pixels outside the avatar's lips"
+
+
+@pytest.mark.parametrize(
+    ("mouth", "skin", "expected"),
+    [
+        ("synthetic", "off", False),
+        ("synthetic", "driver", True),
+        ("driver", "off", True),
+        ("driver", "driver", True),
+    ],
+)
+def test_only_a_generator_configured_to_read_the_driver_asks_for_its_pixels(
+    hopper, mouth, skin, expected
+):
+    """The privacy switch: with the synthetic mouth and skin_detail: off the pipeline lends
+    the generator no camera frame at all (see the test below)."""
+    config = MeshGeneratorConfig(mouth_interior=mouth, skin_detail=skin)
+    assert MeshGenerator(config, hopper, *SIZE).uses_driver_pixels is expected
 
 
 class RecordingGenerator:

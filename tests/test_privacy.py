@@ -87,23 +87,31 @@ def camera_frames(camera_clip: Path) -> CameraFrames:
 
 @pytest.fixture(scope="module")
 def pipelines() -> Iterator[dict[str, Pipeline]]:
-    """The mesh generator both ways: the default, and the one that does get the driver's
-    pixels (mouth_interior: driver, the only path by which camera pixels reach a frame)."""
+    """The mesh generator three ways: lent no camera frame at all (synthetic mouth, skin
+    detail off), the default (it reads the driver's skin for its wrinkles: a band-passed
+    luminance ratio), and the one that shows the driver's own mouth interior (the only path
+    by which camera pixels themselves reach a frame)."""
     made = {}
-    for mouth in ("synthetic", "driver"):
+    for name, mouth, skin in VARIANTS:
         config = Config.model_validate(
             {
                 "output": {"width": SIZE[0], "height": SIZE[1]},
-                "generator": {"type": "mesh", "mouth_interior": mouth},
+                "generator": {"type": "mesh", "mouth_interior": mouth, "skin_detail": skin},
                 "motion": {"lost_grace_s": 0.05, "idle_ease_s": 0.1},
             }
         )
-        made[mouth] = build_pipeline(config, RollingStats())
+        made[name] = build_pipeline(config, RollingStats())
+    assert not made["private"].generator.uses_driver_pixels
     yield made
     for pipeline in made.values():
         pipeline.close()
 
 
+VARIANTS = (  # name, mouth_interior, skin_detail
+    ("private", "synthetic", "off"),
+    ("default", "synthetic", "driver"),
+    ("mouth", "driver", "driver"),
+)
 ACTIONS = ("face", "noface", "stall", "error", "vanish", "jump")
 steps = st.lists(st.tuples(st.sampled_from(ACTIONS), st.integers(1, 6)), min_size=1, max_size=6)
 
@@ -115,13 +123,13 @@ steps = st.lists(st.tuples(st.sampled_from(ACTIONS), st.integers(1, 6)), min_siz
     derandomize=bool(os.environ.get("CI")),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-@given(sequence=steps, mouth=st.sampled_from(["synthetic", "driver"]))
+@given(sequence=steps, variant=st.sampled_from([name for name, _, _ in VARIANTS]))
 def test_no_published_frame_is_ever_a_camera_frame(
     camera_clip: Path,
     camera_frames: CameraFrames,
     pipelines: dict[str, Pipeline],
     sequence: list[tuple[str, int]],
-    mouth: str,
+    variant: str,
 ) -> None:
     control = control_path(camera_clip)
     set_fault(control, "ok")
@@ -130,7 +138,7 @@ def test_no_published_frame_is_ever_a_camera_frame(
         CaptureConfig(source=f"fault:{camera_clip}", retry_max_s=0.05), clock=clock
     ).start()
     stats = RollingStats()
-    loop = FrameLoop(capture, pipelines[mouth], SinkSet(stats), 30, stats, clock=clock)
+    loop = FrameLoop(capture, pipelines[variant], SinkSet(stats), 30, stats, clock=clock)
     published = 0
     try:
         for action, frames in sequence:
@@ -152,7 +160,7 @@ def test_no_published_frame_is_ever_a_camera_frame(
                     continue
                 published += 1
                 camera_frames.assert_not_a_camera_frame(frame.image)
-            event(f"{action}: face {pipelines[mouth].motion.state}")
+            event(f"{action}: face {pipelines[variant].motion.state}")
     finally:
         set_fault(control, "ok")  # a stalled read returns, so the reader thread can end
         capture.close(timeout_s=2)
@@ -165,7 +173,7 @@ def test_the_leak_detector_does_see_a_camera_frame(
     """The property can fail: the camera frame itself, or one blended into the avatar, is
     caught; an avatar frame is far from every camera frame."""
     camera = read_video(camera_clip)[0][7]
-    rendered = pipelines["synthetic"].process(None, time.monotonic())
+    rendered = pipelines["default"].process(None, time.monotonic())
     with pytest.raises(AssertionError, match="close to the camera"):
         camera_frames.assert_not_a_camera_frame(camera)
     with pytest.raises(AssertionError, match="close to the camera"):

@@ -169,6 +169,54 @@ def test_scripted_motion_matches_the_cpu_generator(request, avatar, size):
     )
 
 
+def test_skin_folds_and_driver_detail_match_the_cpu_generator(hopper, other_face):
+    """Cheek rise, fold shading and the driver's wrinkles (skin_detail: driver): the same
+    frames on both, over a neutral driver frame, then a smile and a frown with creases drawn
+    on the driver's forehead."""
+    from daemon.config import MediaPipeTrackingConfig
+    from engines.facegeom import eye_distance
+    from engines.generator.interface import DriverView
+    from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
+
+    mesh = MediaPipeLandmarks(MediaPipeTrackingConfig(), static_images=True)
+    try:
+        found = mesh.detect(other_face, 0.0, 0)
+    finally:
+        mesh.close()
+    assert found is not None
+    neutral = DriverView(other_face, found.points)
+    creased = other_face.copy()
+    unit = eye_distance(found.points)
+    for above in (0.05, 0.11):
+        line = found.points[[70, 63, 105, 66, 107, 336, 296, 334, 293, 300], :2]
+        line = np.round((line - (0.0, above * unit)) * 16).astype(np.int32)
+        cv2.polylines(creased, [line], False, (70, 80, 110), 2, cv2.LINE_AA, 4)
+    expression = np.zeros((478, 3), np.float32)
+    expression[61], expression[291] = (-0.08, -0.08, 0.0), (0.08, -0.08, 0.0)
+    expression[[55, 65, 107]], expression[[285, 295, 336]] = (0.04, 0.04, 0.0), (-0.04, 0.04, 0.0)
+    cpu, gpu = generators(hopper, SMALL)
+    results = []
+    for motion, driver in (
+        (Motion(state="tracked", expression=np.zeros_like(expression)), neutral),
+        (
+            Motion(state="tracked", expression=expression, mouth_open=0.05),
+            DriverView(creased, found.points),
+        ),
+        (
+            Motion(state="tracked", expression=expression, mouth_open=0.05),
+            DriverView(creased, found.points),
+        ),
+    ):
+        expected, got = cpu.render(motion, driver), gpu.render(motion, driver)
+        assert np.array_equal(cpu.last_dest, gpu.last_dest)
+        box = head_box(cpu)
+        results.append(psnr(got[box], expected[box]))
+    assert cpu.skin.driver is not None and cpu.skin.driver.last is not None
+    assert np.abs(cpu.skin.driver.last).max() > 0.01  # the detail did show
+    print("skin: " + ", ".join(f"{db:.1f} dB" for db in results))
+    assert min(results) >= SCRIPTED_MIN_DB, results
+
+
 def test_the_background_outside_the_person_is_the_still_frame(astronaut):
     """Away from the person nothing changes: pixel-for-pixel the still frame, on both. The
     person may move (its mask swept from where it was to where the head's shift carries the

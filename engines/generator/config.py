@@ -35,6 +35,12 @@ class MeshGeneratorConfig(Section):
         description="inside an open mouth: a synthetic interior coloured from the "
         "avatar, or the driver's own (warped, colour-matched; shows part of your real face)",
     )
+    skin_detail: Literal["driver", "off"] = Field(
+        "driver",
+        description="driver: your expression wrinkles (brow furrows, smile lines) carried onto "
+        "the avatar's skin as a faint luminance ratio to your neutral face (band-passed, no "
+        "colour, shading or features of yours); off: the avatar's skin alone",
+    )
     map_scale: Literal[1, 2] = Field(
         2, description="warp maps at 1/map_scale resolution: 2 is faster, 1 a little sharper"
     )

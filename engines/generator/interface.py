@@ -5,7 +5,9 @@ Backends are picked by `generator.type` and the engines (build.py): still.py (th
 unanimated), mesh_cpu.py (the mesh generator, OpenCV) and mesh_torch.py (its pixel work in
 torch, on the GPU). Every backend renders at the output size from the motion alone: it never
 receives, returns or blends in a camera frame, except the driver view a generator configured
-to show the driver's own mouth asks for.
+to use the driver's pixels asks for: to show the driver's own mouth (mouth_interior: driver),
+or to carry its expression wrinkles over as a band-passed luminance ratio (skin_detail:
+driver, which shows none of the driver's own pixels).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ LETTERBOX_BGR = (0, 0, 0)
 @dataclass(frozen=True, slots=True)
 class DriverView:
     """The driver frame and its landmarks, lent to a generator that asked for the driver's
-    own pixels (mouth_interior: driver); no other generator ever sees the camera."""
+    own pixels (mouth_interior: driver, skin_detail: driver); no other generator ever sees
+    the camera."""
 
     image: np.ndarray
     points: np.ndarray  # (478, 3) pixel-scaled landmarks of `image`
@@ -35,8 +38,8 @@ class DriverView:
 
 class Generator(Protocol):
     """Renders one output frame (BGR uint8, output size) per call. `uses_driver_pixels` is
-    True only for a generator configured to show some of the driver's own pixels; only then
-    does the pipeline pass `driver`."""
+    True only for a generator configured to read the driver's own pixels (its mouth, or its
+    skin's wrinkles); only then does the pipeline pass `driver`."""
 
     uses_driver_pixels: bool
 

@@ -45,6 +45,13 @@ from engines.generator.avatar_prep import PreparedAvatar, paint_out_person
 from engines.generator.config import MeshGeneratorConfig
 from engines.generator.interface import DriverView
 from engines.generator.mesh import AvatarMesh, HeadProxy, build_mesh, fit_head
+from engines.generator.skin import (
+    SkinShading,
+    apply_shading,
+    cheek_offsets,
+    cheek_weights,
+    face_box,
+)
 from engines.generator.warp import Roi, signed_areas, warp_image, warp_maps
 from engines.motion.estimator import Motion
 
@@ -803,7 +810,9 @@ class MeshGenerator:
         avatar = complete_head(avatar, fit_head(avatar.points))
         self.config, self.avatar = config, avatar
         self.width, self.height = width, height
-        self.uses_driver_pixels = config.mouth_interior == "driver"
+        self.uses_driver_pixels = (
+            config.mouth_interior == "driver" or config.skin_detail == "driver"
+        )
         img_h, img_w = avatar.image.shape[:2]
         self.mesh: AvatarMesh = build_mesh(avatar.points, img_w, img_h, avatar.person)
         self.framing = frame_avatar(avatar.points, (img_w, img_h), width, height)
@@ -878,9 +887,23 @@ class MeshGenerator:
         self.jaw = jaw_weights(self.rest[:N_FACE], self.unit, self.face_triangles)
         self.rest_gap = resting_mouth_gap(avatar.points)
         self.neighbours = neighbour_mean(self.face_triangles, N_FACE)
+        self.cheeks = cheek_weights(self.rest, self.unit, self.neighbours)
+        self.skin = SkinShading.build(
+            avatar.points,
+            eye_distance(avatar.points),
+            self.face_triangles,
+            avatar.points[:, 2],
+            config.skin_detail == "driver",
+        )
         self.keep_in_place = np.isin(np.arange(N_FACE), KEEP_IN_PLACE)
         self.lid_driven = np.isin(np.arange(N_FACE), LID_DRIVEN)
         self.last_dest = self.rest
+
+    def forget_driver_neutral(self) -> None:
+        """The user recalibrated: the driver's neutral skin (skin_detail: driver) is learnt
+        anew from the next near-neutral frames."""
+        if self.skin.driver is not None:
+            self.skin.driver.forget()
 
     # ------------------------------------------------------------ geometry
 
@@ -901,6 +924,7 @@ class MeshGenerator:
             # exceeded the measured one, and small openings no longer read as open on another
             # face: mouth_r 0.92 → 0.53 on a head-turn clip.)
             offsets[:, 1] -= offsets[LOWER_LIP_INNER, 1] * self.jaw
+            offsets[:, :2] += cheek_offsets(self.cheeks, motion.expression, self.unit)
             face[:N_FACE] += offsets
         self._keep_lips_apart(face)
         self._unfold(face, signals)
@@ -1101,6 +1125,10 @@ class MeshGenerator:
                 borderMode=cv2.BORDER_CONSTANT,
             )
             person[box] = cv2.addWeighted(person[box], 1.0 - weight, shut, weight, 0.0)
+        shading = self.skin.frame(motion, driver)
+        face = face_box(dest, roi) if shading is not None else None
+        if face is not None:
+            apply_shading(person, map_x, map_y, shading, self.skin.space, face)
         for eyeball, (upper, lower, _, _), closure in zip(
             self.eyeballs, EYES, self.closures, strict=True
         ):
@@ -1139,7 +1167,7 @@ class MeshGenerator:
         if self.own_mouth is not None:
             return self._own_mouth_layer(upper, lower, offset, shape, unit)
         mouth = synthetic_mouth(shape, upper, lower, self.mouth_colours, unit)
-        if mouth is not None and driver is not None and self.uses_driver_pixels:
+        if mouth is not None and driver is not None and self.config.mouth_interior == "driver":
             mouth = driver_mouth(mouth, upper, lower, driver)
         return mouth
 

@@ -15,6 +15,7 @@ import logging
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from engines.errors import EngineUnavailable
 from engines.generator.avatar_prep import PreparedAvatar
@@ -27,6 +28,7 @@ from engines.generator.mesh_cpu import (
     MouthLayer,
     shut_weight,
 )
+from engines.generator.skin import face_box
 from engines.generator.torch_warp import (
     affine_maps,
     affine_sample,
@@ -136,6 +138,10 @@ class TorchMeshGenerator(MeshGenerator):
             shut = sample(self.texture_shut, map_x[ys, xs], map_y[ys, xs])
             box = person[:, ys, xs]
             person[:, ys, xs] = (box * (1.0 - weight) + shut * weight).round_()
+        shading = self.skin.frame(motion, driver)
+        face = face_box(dest, roi) if shading is not None else None
+        if face is not None:
+            self._apply_shading(person, map_x, map_y, shading, face)
         for eyeball, textures, (upper, lower, _, _), closure in zip(
             self.eyeballs, self.eye_textures, EYES, self.closures, strict=True
         ):
@@ -187,6 +193,32 @@ class TorchMeshGenerator(MeshGenerator):
         map_x = upsample_map(map_x, scale, roi.height, roi.width)
         map_y = upsample_map(map_y, scale, roi.height, roi.width)
         return sample(self.texture, map_x, map_y), map_x, map_y
+
+    def _apply_shading(
+        self,
+        person: torch.Tensor,
+        map_x: torch.Tensor,
+        map_y: torch.Tensor,
+        shading: np.ndarray,
+        box: tuple[slice, slice],
+    ) -> None:
+        """The skin's log-luminance image (skin space) sampled through the person's warp maps
+        and applied to its colour as a ratio, as mesh_cpu's apply_shading does."""
+        space = self.skin.space
+        xs = map_x[box] * space.scale - float(space.origin[0])
+        ys = map_y[box] * space.scale - float(space.origin[1])
+        height, width = shading.shape
+        grid = torch.stack([(2 * xs + 1) / width - 1, (2 * ys + 1) / height - 1], dim=-1)
+        image = upload(np.asarray(shading, np.float32), self.device)
+        log = F.grid_sample(
+            image[None, None],
+            grid[None],
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
+        )[0]
+        colour = person[(slice(0, 3), *box)]
+        person[(slice(0, 3), *box)] = (colour * torch.exp(log) + 0.5).floor_().clamp_(0, 255)
 
     def _paint_eye(
         self,

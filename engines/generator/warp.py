@@ -133,23 +133,34 @@ def warp_maps(
     # mixes a source position with the "uncovered" marker.
     grown = cv2.dilate(ids.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
     ids = np.where(covered, ids, grown)
-    table = np.empty((6, len(triangles) + 1), np.float32)
+    origin = (roi.x0 + 0.5 * scale - 0.5, roi.y0 + 0.5 * scale - 0.5)
+    map_x, map_y = maps_from_ids(ids, affines, *origin, scale)
+    if scale > 1:
+        map_x = _upsample(map_x, scale, roi, linear=True)
+        map_y = _upsample(map_y, scale, roi, linear=True)
+        covered = _upsample(covered.astype(np.uint8), scale, roi, linear=False) > 0
+    return map_x, map_y, covered
+
+
+def maps_from_ids(
+    ids: np.ndarray, affines: np.ndarray, x0: float, y0: float, scale: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """(map_x, map_y) for an id image (rasterize_ids) and the triangles' dest → source
+    affines; sample (i, j) of `ids` sits at pixel (x0 + j·scale, y0 + i·scale). Pixels with no
+    triangle (id 0) map outside the source."""
+    table = np.empty((6, len(affines) + 1), np.float32)
     table[:, 1:] = affines.reshape(-1, 6).T
-    table[:, 0] = (0, 0, -1, 0, 0, -1)  # uncovered pixels map outside the source
+    table[:, 0] = (0, 0, -1, 0, 0, -1)
     a00, a01, a02, a10, a11, a12 = (row.take(ids) for row in table)
-    xs = np.arange(ids.shape[1], dtype=np.float32) * scale + (roi.x0 + 0.5 * scale - 0.5)
-    ys = np.arange(ids.shape[0], dtype=np.float32)[:, None] * scale + (roi.y0 + 0.5 * scale - 0.5)
+    xs = np.arange(ids.shape[1], dtype=np.float32) * scale + np.float32(x0)
+    ys = np.arange(ids.shape[0], dtype=np.float32)[:, None] * scale + np.float32(y0)
     map_x = a00 * xs
     map_x += a01 * ys
     map_x += a02
     map_y = a10 * xs
     map_y += a11 * ys
     map_y += a12
-    if scale > 1:
-        map_x = _upsample(map_x, scale, roi, linear=True)
-        map_y = _upsample(map_y, scale, roi, linear=True)
-        covered = _upsample(covered.astype(np.uint8), scale, roi, linear=False) > 0
-    return map_x, map_y, covered
+    return map_x, map_y
 
 
 def _upsample(small: np.ndarray, scale: int, roi: Roi, linear: bool) -> np.ndarray:
