@@ -53,6 +53,10 @@ STATUS_INTERVAL_S = 2.0
 SUPERVISE_TICK_S = 0.1
 HEAP_TRIM_INTERVAL_S = 60.0  # give freed frame buffers back to the kernel (daemon.memory)
 SHUTDOWN_WAIT_S = 0.3  # the longest SIGTERM waits for stuck threads (systemd: within 1 s)
+# ... but the sinks get this long whatever the frame loop and camera took of it: a file is
+# finished (its index written) only when its sink closes, and a loaded machine's frame loop
+# could take the whole budget mid-frame, leaving a file unplayable.
+SINKS_FINISH_S = 0.25
 LIVE_SECTIONS = ("motion", "generator", "avatar")  # what the web page may change live
 
 
@@ -288,7 +292,7 @@ class Daemon:
             thread.join(wait_s(0.3))
         if self.loop is not None:
             self.loop.capture.close(wait_s(0.2))
-        self.sinks.close(wait_s(0.3))
+        self.sinks.close(max(SINKS_FINISH_S, wait_s(0.3)))
         if self.loop is not None and thread is not None and not thread.is_alive():
             self.loop.pipeline.close()
         remove_pid_file(self._pid_file)
