@@ -44,6 +44,7 @@ HEAD_WIDTH_GROWTH, CROWN_ABOVE_HAIRLINE, CENTRE_BEHIND_EARS = 1.08, 0.3, 0.5
 HEAD_REACH = 0.9  # the hair outline is looked for at most this many oval radii beyond it
 OUTLINE_MARGIN = 0.06  # eye distances beyond the person mask's edge (its soft edge moves too)
 BAND = 0.35  # eye distances: the band outside the head that takes up its motion
+OUTLINE_KEEPS = (0.0, 1.0, 0.0)  # per ring vertex (half-way, outline, band): AvatarMesh.outline
 BORDER_STEPS = 12
 # The body follows the head's translation and scale fully down to BODY_FULL face heights
 # below the chin (neck, shoulders), easing off to nothing at BODY_NONE; outside the person
@@ -83,6 +84,13 @@ class AvatarMesh:
     rigidity: np.ndarray  # (V,) share of the head motion each vertex follows
     body: np.ndarray  # (V,) share of the head's translation and scale each vertex follows
     mouth_open_at_rest: bool
+    # (V,) how much each vertex keeps its place on the head's silhouette instead of turning
+    # with the skull: the hair's outline. A round head's outline hardly changes as it turns
+    # or nods; carried round with the skull, the outline went behind it (the crown cut flat
+    # on a nod up, the background showing beside the far cheek on a turn), where the avatar
+    # has no picture of the back of the head to show.
+    outline: np.ndarray
+    head_center: np.ndarray  # (3,) the head proxy's centre (avatar pixels, depth)
 
     @property
     def eye_distance(self) -> float:
@@ -183,11 +191,12 @@ def _outline_distance(
 
 def _ring_vertices(
     points: np.ndarray, head: HeadProxy, person: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices on rays out of the face oval and their rigidity. Above the jaw the head:
-    half-way to its outline, on it (the person mask's edge, or the proxy's silhouette where
-    the mask misses hair), and a band beyond it that stays still; below the jaw the neck's
-    rings, blending to the torso; between the two a blend."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vertices on rays out of the face oval, their rigidity and how much they keep to the
+    head's outline (see AvatarMesh.outline). Above the jaw the head: half-way to its outline,
+    on it (the person mask's edge, or the proxy's silhouette where the mask misses hair),
+    and a band beyond it that stays still; below the jaw the neck's rings, blending to the
+    torso; between the two a blend."""
     oval = points[FACE_OVAL]
     center = oval[:, :2].mean(0)
     unit = eye_distance(points)
@@ -213,8 +222,9 @@ def _ring_vertices(
     rigidity = share * np.array([1.0, 1.0, 0.0]) + (1 - share) * np.array(
         [r for _, r in NECK_RINGS]
     )
+    outline_weight = share * np.array(OUTLINE_KEEPS)
     vertices = np.concatenate([xy, depth[..., None]], -1).reshape(-1, 3)
-    return vertices, rigidity.reshape(-1)
+    return vertices, rigidity.reshape(-1), outline_weight.reshape(-1)
 
 
 def _border_vertices(width: int, height: int, margin: float = 0.0) -> np.ndarray:
@@ -290,7 +300,7 @@ def build_mesh(
     (uint8 alpha; without it the head proxy's silhouette alone outlines the head)."""
     points = np.asarray(points, np.float64)
     head = fit_head(points)
-    rings, ring_rigidity = _ring_vertices(points, head, person)
+    rings, ring_rigidity, ring_outline = _ring_vertices(points, head, person)
     border = _border_vertices(width, height)
     border_rigidity = _border_rigidity(border, rings, ring_rigidity)
     border[:, 2] = np.where(border_rigidity > 0, head.depth(border), head.center[2] + head.axes[2])
@@ -300,7 +310,7 @@ def build_mesh(
         & (rings[:, 1] >= 1)
         & (rings[:, 1] < height - 1)
     )  # those outside the image are left out: the border vertices take over there
-    rings, ring_rigidity = rings[shown], ring_rigidity[shown]
+    rings, ring_rigidity, ring_outline = rings[shown], ring_rigidity[shown], ring_outline[shown]
     unit = eye_distance(points)
     step = BODY_GRID * float(np.ptp(points[:N_FACE, 1]))
     grid = _grid_vertices(points, rings, width, height, step)
@@ -323,6 +333,9 @@ def build_mesh(
         [np.ones(N_LANDMARKS), ring_rigidity, np.zeros(len(grid)), border_rigidity, still]
     )
     body = np.concatenate([np.ones(N_LANDMARKS), ring_weights, grid_weights, border_weights, still])
+    outline = np.concatenate(  # the hair the image's edge cuts off is outline too
+        [np.zeros(N_LANDMARKS), ring_outline, np.zeros(len(grid)), border_rigidity, still]
+    )
 
     # Outside the face: Delaunay over the oval, the rings, the body grid, the edge, the frame.
     outer_ids = np.concatenate([FACE_OVAL, np.arange(N_LANDMARKS, len(vertices))])
@@ -337,4 +350,12 @@ def build_mesh(
         points[LIPS_UPPER_INNER[1:-1], :2] - points[LIPS_LOWER_INNER[1:-1], :2], axis=1
     ).max() / eye_distance(points)
     mouth_open = bool(gap > MOUTH_OPEN_AT_REST)  # its own teeth are drawn as layers
-    return AvatarMesh(vertices, np.vstack(triangles).astype(np.int32), rigidity, body, mouth_open)
+    return AvatarMesh(
+        vertices,
+        np.vstack(triangles).astype(np.int32),
+        rigidity,
+        body,
+        mouth_open,
+        outline,
+        head.center.copy(),
+    )

@@ -862,6 +862,8 @@ class MeshGenerator:
         # the face by its own lever on top of the measured shift: 0.045 → 0.028 AKD on a clip
         # of head turns). Where the real pivot, the neck, sits is already in that shift.
         self.pivot = self.rest[RIGID].mean(0)
+        self.head_centre = self.framing.apply(self.mesh.head_center[None])[0]
+        self.outline_ids = np.flatnonzero(self.mesh.outline > 0)
         vertices = self.mesh.vertices
         self.image_bottom = np.flatnonzero(  # the image's bottom edge (not the frame below)
             (np.abs(vertices[:, 1] - (img_h - 1)) < 1e-6)
@@ -932,6 +934,7 @@ class MeshGenerator:
         shift = np.array([*motion.shift, 0.0]) * self.unit
         self.head = (rotation, motion.scale, shift)
         head = (face - self.pivot) @ rotation.T * motion.scale + self.pivot + shift
+        self._keep_outline(head, face, motion, rotation, shift)
         body_shift = self.body_shift(motion, rotation)
         body = (self.rest - self.pivot) * motion.scale + self.pivot + body_shift - self.rest
         rigid = self.mesh.rigidity[:, None]
@@ -939,6 +942,26 @@ class MeshGenerator:
         dest = self.rest + rigid * (head - self.rest) + (1.0 - rigid) * own
         dest[self.image_bottom, 1] = self.rest[self.image_bottom, 1]  # the torso goes on below
         return dest  # the image: moved up, it must not show a gap under it
+
+    def _keep_outline(
+        self,
+        head: np.ndarray,
+        face: np.ndarray,
+        motion: Motion,
+        rotation: np.ndarray,
+        shift: np.ndarray,
+    ) -> None:
+        """The hair's outline (in place) keeps to the head's silhouette: it goes where the
+        head's centre goes, tilts with the roll and scales, but neither turns nor nods
+        (AvatarMesh.outline); the hair between it and the face stretches or bunches."""
+        ids = self.outline_ids
+        if ids.size == 0:
+            return
+        centre = (self.head_centre - self.pivot) @ rotation.T * motion.scale + self.pivot + shift
+        roll = angles_to_rotation(0.0, 0.0, motion.roll)
+        kept = (face[ids] - self.head_centre) @ roll.T * motion.scale + centre
+        weight = self.mesh.outline[ids, None]
+        head[ids] += weight * (kept - head[ids])
 
     def body_shift(self, motion: Motion, rotation: np.ndarray | None = None) -> np.ndarray:
         """How far (output pixels, x y 0) the body moves: as the neck does, the face's shift
