@@ -546,6 +546,7 @@ class TeethRow:
 
     sprite: np.ndarray
     origin: np.ndarray
+    under_lip: bool  # the upper row: in the upper lip's shadow just under its edge
 
     def placed(self, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """The row moved by `matrix` (2x3: resting working pixels → box pixels) into a box
@@ -658,7 +659,7 @@ def teeth_row(lip: np.ndarray, unit: float, colours: MouthColours, upper: bool) 
     if not upper:
         colour *= LOWER_ROW_SHADE
     sprite = np.dstack([np.clip(colour, 0, 255), alpha]).astype(np.float32)
-    return TeethRow(sprite, np.array([x0, y0], np.float64))
+    return TeethRow(sprite, np.array([x0, y0], np.float64), under_lip=upper)
 
 
 def synthetic_mouth(
@@ -727,18 +728,18 @@ def _draw_rows(
     origin: np.ndarray,
     lip_shadow: np.ndarray,
 ) -> np.ndarray:
-    """The rows of teeth over the cavity `box` (float BGR), each moved by its matrix, those
-    parts just under the lips' edge (`lip_shadow` 1 there) in the lips' shadow."""
+    """The rows of teeth over the cavity `box` (float BGR), each moved by its matrix; the
+    upper row's parts just under the lips' edge (`lip_shadow` 1 there) in the lip's shadow."""
     height, width = box.shape[:2]
-    cover = np.zeros((height, width, 1), np.float32)
+    shaded = np.zeros((height, width, 1), np.float32)
     for row, matrix in rows:
         to_box = np.array(matrix, np.float64)
         to_box[:, 2] -= origin
         layer = row.placed(to_box, (width, height))
         alpha = layer[:, :, 3:]
         box = box + alpha * (layer[:, :, :3] - box)
-        cover = cover + alpha * (1.0 - cover)
-    return box * (1.0 - LIP_SHADOW_DEPTH * cover * lip_shadow)
+        shaded = shaded + (alpha * (1.0 - shaded) if row.under_lip else -alpha * shaded)
+    return box * (1.0 - LIP_SHADOW_DEPTH * shaded * lip_shadow)
 
 
 @dataclass(frozen=True, slots=True)
