@@ -90,7 +90,9 @@ LIP_SHADOW = 0.02  # eye distances under the lip's edge that the teeth lie in it
 LIP_SHADOW_DEPTH = 0.35  # ... this much darker at the edge
 TRANSLUCENT = np.array([0.62, 0.55, 0.5])  # a tooth's translucent edge: its colour times
 # this (BGR: a cool grey, the dark cavity seen through it)
-GAP_DARKER = 0.5  # the gap between two teeth, at full detail: this much darker
+TEETH_LIGHT = (0.35, 52.0)  # the teeth's L* from the skin's: lighter, less spread
+TEETH_CHROMA = 0.4  # the teeth's share of the skin's colourfulness
+GAP_DARKER = 0.4  # the gap between two teeth, at full detail: this much darker
 SKIN_DETAIL_FULL = 6.0  # grey levels of fine skin texture (a photo's) for full-detail teeth
 LASH_LINE = 0.05  # a shut lid's lash line, thickness per eye width
 LID_SKIN = 0.6  # a shut lid's colour: this share the skin under the eye, the rest its own
@@ -500,15 +502,23 @@ class MouthColours:
                 -1,
             )
         skin = np.array(cv2.mean(image, cheeks)[:3])
-        light = float(np.clip(skin.mean() / 170.0, 0.45, 1.15))
-        teeth = np.clip(np.array([226.0, 234.0, 238.0]) * light * 0.8 + skin * 0.2, 0, 255)
         return cls(
             cavity=lip * 0.22,
-            teeth=teeth,
+            teeth=teeth_colour(skin),
             tongue=lip * 0.62,
             gum=lip * GUM_SHADE,
             contrast=skin_contrast(image, cheeks, eye_distance(points)),
         )
+
+
+def teeth_colour(skin: np.ndarray) -> np.ndarray:
+    """Teeth in the avatar's palette (BGR): a light, much desaturated tint of its skin (ivory
+    in a warm painting, grey in a grey statue), lighter than the skin yet never paper-white."""
+    lab = cv2.cvtColor(np.float32(np.asarray(skin)[None, None] / 255.0), cv2.COLOR_BGR2Lab)
+    lightness, chroma = lab[0, 0, 0], lab[0, 0, 1:]
+    lab[0, 0, 0] = np.clip(TEETH_LIGHT[0] * lightness + TEETH_LIGHT[1], 0.0, 92.0)
+    lab[0, 0, 1:] = chroma * TEETH_CHROMA
+    return cv2.cvtColor(lab, cv2.COLOR_Lab2BGR)[0, 0].astype(np.float64) * 255.0
 
 
 def skin_contrast(image: np.ndarray, cheeks: np.ndarray, unit: float) -> float:
@@ -634,7 +644,8 @@ def teeth_row(lip: np.ndarray, unit: float, colours: MouthColours, upper: bool) 
     gum_line = edge - sign * crown
     v = (ys - gum_line) / (edge - gum_line)  # 0 at the gum line .. 1 at the edge
     contrast = colours.contrast
-    shade = (1.0 - 0.18 * contrast * (1.0 - bump)) * (0.3 + 0.7 * facing**1.2)
+    receding = 0.7 * (1.0 - facing**1.2) * (0.4 + 0.6 * contrast)  # flat in a cartoon
+    shade = (1.0 - 0.18 * contrast * (1.0 - bump)) * (1.0 - receding)
     tooth = (
         np.asarray(colours.teeth, np.float64)
         * (shade[None, :] * (0.9 + 0.1 * np.clip(v / 0.25, 0, 1)))[..., None]
@@ -644,7 +655,7 @@ def teeth_row(lip: np.ndarray, unit: float, colours: MouthColours, upper: bool) 
         np.asarray(colours.teeth) * TRANSLUCENT * shade[None, :, None] - tooth
     )
     side = np.minimum(across, 1.0 - across) * width  # pixels to the nearest gap
-    spread = max(0.6, 0.01 * unit) * (1.0 + 1.5 * np.clip((v - 0.75) / 0.25, 0.0, 1.0))
+    spread = max(0.5, 0.007 * unit) * (1.0 + 1.5 * np.clip((v - 0.75) / 0.25, 0.0, 1.0))
     tooth *= (1.0 - GAP_DARKER * contrast * np.exp(-((side / spread) ** 2)))[..., None]
     into_gum = np.clip(-v * crown / (0.12 * unit), 0.0, 1.0)  # darker further from the teeth
     gum = (
