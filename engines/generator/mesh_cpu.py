@@ -661,7 +661,7 @@ def teeth_row(lip: np.ndarray, unit: float, colours: MouthColours, upper: bool) 
     gum = (
         np.asarray(colours.gum, np.float64)
         * (1.0 - 0.3 * into_gum)[..., None]
-        * shade[None, :, None]
+        * (1.0 - receding)[None, :, None]
     )
     is_tooth = np.clip(sign * (ys - gum_line) + 0.5, 0.0, 1.0)[..., None]
     colour = gum + is_tooth * (tooth - gum)
