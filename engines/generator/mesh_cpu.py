@@ -637,15 +637,18 @@ def teeth_row(lip: np.ndarray, unit: float, colours: MouthColours, upper: bool) 
     ys = np.arange(y0, y1, dtype=np.float64)[:, None]
     index, across, facing, width = _arch_columns(xs, centre, half, arcs)
     bump = np.sin(np.pi * across)  # 1 across a tooth's middle, 0 at its sides
+    # no two teeth quite alike (left and right differ too): a denture's sameness reads false
+    tooth_id = index + len(arcs) * (xs > centre)
+    unlike = np.sin(3.7 * tooth_id + 1.3)
     line = np.interp(xs, xs_lip, ys_lip)
     crown = np.asarray(crowns)[index] * unit * (0.8 + 0.2 * bump)  # the gum dips between
     rounded = 0.012 * unit * (1.0 - bump) ** 2  # the edge's corners round off
-    edge = line + np.asarray(edges)[index] * unit - sign * rounded
+    edge = line + (np.asarray(edges)[index] + 0.004 * unlike) * unit - sign * rounded
     gum_line = edge - sign * crown
     v = (ys - gum_line) / (edge - gum_line)  # 0 at the gum line .. 1 at the edge
     contrast = colours.contrast
     receding = 0.7 * (1.0 - facing**1.2) * (0.4 + 0.6 * contrast)  # flat in a cartoon
-    shade = (1.0 - 0.18 * contrast * (1.0 - bump)) * (1.0 - receding)
+    shade = (1.0 - 0.18 * contrast * (1.0 - bump)) * (1.0 - receding) * (1.0 + 0.04 * unlike)
     tooth = (
         np.asarray(colours.teeth, np.float64)
         * (shade[None, :] * (0.9 + 0.1 * np.clip(v / 0.25, 0, 1)))[..., None]
