@@ -59,7 +59,13 @@ from engines.generator.avatar_prep import (
 )
 from engines.generator.interface import DriverView
 from engines.generator.mesh import build_mesh
-from engines.generator.mesh_cpu import EYES, LidState, MeshGenerator, MouthColours
+from engines.generator.mesh_cpu import (
+    EYES,
+    MOUTH_CORNERS,
+    LidState,
+    MeshGenerator,
+    MouthColours,
+)
 from engines.generator.warp import Roi, signed_areas, warp_image, warp_maps
 from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
 from engines.motion.estimator import Motion, MotionEstimator
@@ -880,6 +886,42 @@ def test_a_closed_mouths_lower_teeth_drop_with_the_jaw(hopper):
     assert lips[1] - lips[0] > 0.1 * gen.unit  # the jaw did drop
     travel = (tops[1] - tops[0]) / (lips[1] - lips[0])
     assert 0.6 < travel < 1.05, (tops, lips)  # seen 0.85
+
+
+def raised_upper_lip(points: np.ndarray, lift: float) -> np.ndarray:
+    """An expression that raises the upper lip and the skin above it by `lift` (eye
+    distances), fading out over an ellipse around the lip's middle; the corners and the
+    lower lip stay (a broad grin's lip)."""
+    face, unit = points[:N_FACE, :2], eye_distance(points)  # avatar pixels
+    middle = face[LIPS_UPPER_INNER[len(LIPS_UPPER_INNER) // 2]]
+    reach = ((face - middle) / (np.array([0.5, 0.3]) * unit)) ** 2
+    above = face[:, 1] <= middle[1] + 0.01 * unit  # the upper lip's whole inner edge
+    weight = np.sqrt(np.clip(1.0 - reach.sum(1), 0.0, 1.0)) * above
+    weight[[*LIPS_LOWER_INNER, *MOUTH_CORNERS]] = 0.0
+    expression = np.zeros((len(points), 3), np.float32)
+    expression[:N_FACE, 1] = -lift * weight
+    return expression
+
+
+def test_a_raised_upper_lip_bares_the_gum_above_the_teeth(hopper):
+    """The upper row stays on the skull when the upper lip rises off it: just under the
+    raised lip shows gum (darker and redder than the teeth), the teeth lower down. Before,
+    the white bar followed the lip up."""
+    gen = generator(hopper, TRACK_SIZE)
+    lifted = raised_upper_lip(hopper.points, 0.1)
+    frame = gen.render(Motion(expression=lifted, mouth_open=0.25)).astype(float)
+    xs, top, _ = opening_columns(gen, 0.3)
+
+    def band(start: float, end: float) -> np.ndarray:
+        rows = [
+            frame[int(t + start * gen.unit) : int(t + end * gen.unit), x]
+            for x, t in zip(xs, top, strict=True)
+        ]
+        return np.vstack(rows).mean(0)  # BGR
+
+    gum, teeth = band(0.01, 0.035), band(0.08, 0.13)
+    assert gum.mean() < 0.8 * teeth.mean(), (gum, teeth)
+    assert gum[2] - gum[0] > teeth[2] - teeth[0] + 10, (gum, teeth)  # redder: R − B
 
 
 def test_a_cartoon_gets_flatter_teeth_than_a_photo(hopper, cartoon_avatar):

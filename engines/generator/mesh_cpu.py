@@ -81,6 +81,8 @@ LOWER_ARCS = (0.22, 0.24, 0.28, 0.27, 0.26, 0.3)
 LOWER_CROWNS = (0.09, 0.09, 0.1, 0.085, 0.08, 0.075)
 LOWER_EDGES = (0.03, 0.03, 0.025, 0.03, 0.035, 0.04)  # the top, below the lip line
 ARCH_RADIUS = 1.05  # the dental arch's radius, per half mouth width: teeth recede with it
+ROW_REACH = 1.2  # each row goes on (darker, fading) this far past the corners (per half
+# width): a smile's wider opening shows it turning away, not its end
 GUM_ABOVE = 0.2  # how far (eye distances) the gum goes on past the crowns
 JAW_TEETH_TRAVEL = 0.85  # the lower teeth drop this share of the lower lip's drop (they sit
 # nearer the jaw's hinge than the lip)
@@ -622,7 +624,8 @@ def teeth_row(lip: np.ndarray, unit: float, colours: MouthColours, upper: bool) 
     )
     sign = 1.0 if upper else -1.0  # from the gum towards the biting edge: down for the upper
     reach = (max(crowns) + max(edges) + GUM_ABOVE) * unit
-    x0, x1 = int(np.floor(xs_lip[0])) - 1, int(np.ceil(xs_lip[-1])) + 2
+    x0 = int(np.floor(centre - ROW_REACH * half)) - 1
+    x1 = int(np.ceil(centre + ROW_REACH * half)) + 2
     if upper:
         y0, y1 = (
             int(np.floor(ys_lip.min() - reach)),
@@ -660,16 +663,17 @@ def teeth_row(lip: np.ndarray, unit: float, colours: MouthColours, upper: bool) 
     side = np.minimum(across, 1.0 - across) * width  # pixels to the nearest gap
     spread = max(0.5, 0.007 * unit) * (1.0 + 1.5 * np.clip((v - 0.75) / 0.25, 0.0, 1.0))
     tooth *= (1.0 - GAP_DARKER * contrast * np.exp(-((side / spread) ** 2)))[..., None]
-    into_gum = np.clip(-v * crown / (0.12 * unit), 0.0, 1.0)  # darker further from the teeth
+    into_gum = np.clip(-v * crown / (0.08 * unit), 0.0, 1.0)  # darker further from the teeth
     gum = (
         np.asarray(colours.gum, np.float64)
-        * (1.0 - 0.3 * into_gum)[..., None]
+        * (1.0 - 0.4 * into_gum)[..., None]
         * (1.0 - receding)[None, :, None]
     )
     is_tooth = np.clip(sign * (ys - gum_line) + 0.5, 0.0, 1.0)[..., None]
     colour = gum + is_tooth * (tooth - gum)
     alpha = np.clip(sign * (edge - ys) + 0.5, 0.0, 1.0)
-    alpha *= np.clip((half - np.abs(xs - centre)) / (0.05 * half) + 0.5, 0.0, 1.0)
+    sides = np.clip((ROW_REACH * half - np.abs(xs - centre)) / (0.3 * half), 0.0, 1.0)
+    alpha *= sides * sides * (3.0 - 2.0 * sides)  # the row fades into the dark corners
     if not upper:
         colour *= LOWER_ROW_SHADE
     sprite = np.dstack([np.clip(colour, 0, 255), alpha]).astype(np.float32)
