@@ -526,8 +526,7 @@ def teeth_colour(skin: np.ndarray) -> np.ndarray:
 def skin_contrast(image: np.ndarray, cheeks: np.ndarray, unit: float) -> float:
     """How much fine texture (pores, brush strokes) the skin under `cheeks` has, 0.3 (flat
     colour: a cartoon) .. 1 (a photo): the synthetic teeth get as much detail."""
-    box = cv2.boundingRect(cheeks)
-    x, y, w, h = box
+    x, y, w, h = cv2.boundingRect(cheeks)
     if w < 2 or h < 2:
         return 1.0
     grey = cv2.cvtColor(image[y : y + h, x : x + w], cv2.COLOR_BGR2GRAY).astype(np.float32)
@@ -1047,7 +1046,7 @@ class MeshGenerator:
         # the face by its own lever on top of the measured shift: 0.045 → 0.028 AKD on a clip
         # of head turns). Where the real pivot, the neck, sits is already in that shift.
         self.pivot = self.rest[RIGID].mean(0)
-        self.teeth, self.from_rest = self._synthetic_teeth()
+        self.teeth, self.from_rest = self._synthetic_teeth()  # after the head's pivot
         vertices = self.mesh.vertices
         self.image_bottom = np.flatnonzero(  # the image's bottom edge (not the frame below)
             (np.abs(vertices[:, 1] - (img_h - 1)) < 1e-6)
@@ -1340,17 +1339,18 @@ class MeshGenerator:
         return mouth
 
     def _synthetic_teeth(self) -> tuple[Teeth | None, np.ndarray]:
-        """A closed-mouth avatar's teeth, drawn once behind its resting inner lips, and the
-        3x3 taking avatar pixels to resting working pixels' inverse (what places them)."""
-        rest = np.vstack([self.skull_matrix(), [0.0, 0.0, 1.0]])
+        """A closed-mouth avatar's teeth (None for an avatar with its own), drawn once
+        behind its resting inner lips in resting working pixels, and the 3x3 from those back
+        to avatar pixels (whence the skull's matrix carries them into each frame)."""
+        from_rest = np.linalg.inv(np.vstack([self.skull_matrix(), [0.0, 0.0, 1.0]]))
         if self.own_mouth is not None:
-            return None, np.linalg.inv(rest)
+            return None, from_rest
         work = self.to_work(self.rest[:, :2])
         unit = self.unit * self.work_per_output[0]
         teeth = build_teeth(
             work[LIPS_UPPER_INNER], work[LIPS_LOWER_INNER], unit, self.mouth_colours
         )
-        return teeth, np.linalg.inv(rest)
+        return teeth, from_rest
 
     def _teeth_rows(
         self, lower: np.ndarray, offset: np.ndarray
