@@ -90,10 +90,10 @@ LOWER_ROW_SHADE = 0.8  # the lower row lies in the upper lip's and upper row's s
 LIP_RIM = 0.035  # eye distances over which the cavity shows the inner lip's colour
 LIP_SHADOW = 0.02  # eye distances under the lip's edge that the teeth lie in its shadow
 LIP_SHADOW_DEPTH = 0.35  # ... this much darker at the edge
-TRANSLUCENT = np.array([0.62, 0.55, 0.5])  # a tooth's translucent edge: its colour times
+TRANSLUCENT = np.array([0.72, 0.68, 0.64])  # a tooth's translucent edge: its colour times
 # this (BGR: a cool grey, the dark cavity seen through it)
 TEETH_LIGHT = (0.35, 52.0)  # the teeth's L* from the skin's: lighter, less spread
-TEETH_CHROMA = 0.4  # the teeth's share of the skin's colourfulness
+TEETH_CHROMA = 0.5  # the teeth's share of the skin's colourfulness
 GAP_DARKER = 0.4  # the gap between two teeth, at full detail: this much darker
 SKIN_DETAIL_FULL = 6.0  # grey levels of fine skin texture (a photo's) for full-detail teeth
 LASH_LINE = 0.05  # a shut lid's lash line, thickness per eye width
