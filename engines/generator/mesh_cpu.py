@@ -650,7 +650,7 @@ def teeth_row(lip: np.ndarray, unit: float, colours: MouthColours, upper: bool) 
     v = (ys - gum_line) / (edge - gum_line)  # 0 at the gum line .. 1 at the edge
     contrast = colours.contrast
     receding = 0.7 * (1.0 - facing**1.2) * (0.4 + 0.6 * contrast)  # flat in a cartoon
-    shade = (1.0 - 0.18 * contrast * (1.0 - bump)) * (1.0 - receding) * (1.0 + 0.04 * unlike)
+    shade = (1.0 - 0.18 * contrast * (1.0 - bump)) * (1.0 - receding) * (1.0 + 0.025 * unlike)
     tooth = (
         np.asarray(colours.teeth, np.float64)
         * (shade[None, :] * (0.9 + 0.1 * np.clip(v / 0.25, 0, 1)))[..., None]
@@ -710,18 +710,7 @@ def synthetic_mouth(
     width = float(np.linalg.norm(upper[-1] - upper[0]))
     if gap > 0.12 * unit:
         tongue = lower[len(lower) // 2] - origin - np.array([0.0, 0.25 * gap])
-        cv2.ellipse(
-            box,
-            tuple(np.round(tongue * 16).astype(int)),
-            (round(0.28 * width * 16), round(0.3 * gap * 16)),
-            0,
-            180,
-            360,
-            colours.tongue.tolist(),
-            -1,
-            cv2.LINE_AA,
-            4,
-        )
+        _draw_tongue(box, tongue, (0.28 * width, 0.3 * gap), colours)
     center_x = (upper[0, 0] + upper[-1, 0]) / 2 - x0
     xs = np.arange(box.shape[1], dtype=np.float32) - center_x
     box *= (0.45 + 0.55 * np.exp(-((xs / (0.42 * width)) ** 2)))[None, :, None]
@@ -737,6 +726,35 @@ def synthetic_mouth(
     if fade < 1.0:
         mask = (mask * fade).astype(np.uint8)
     return MouthLayer(np.clip(box, 0, 255).astype(np.uint8), mask, (x0, y0))
+
+
+def _draw_tongue(
+    box: np.ndarray, centre: np.ndarray, axes: tuple[float, float], colours: MouthColours
+) -> None:
+    """The tongue on the cavity's floor (in place): the upper half of an ellipse about
+    `centre`, lit at the front (low in the image, by the teeth) and darker towards the
+    back of the mouth, with a faint groove down its middle."""
+    shape = np.zeros(box.shape[:2], np.uint8)
+    cv2.ellipse(
+        shape,
+        tuple(np.round(centre * 16).astype(int)),
+        tuple(max(1, round(a * 16)) for a in axes),
+        0,
+        180,
+        360,
+        255,
+        -1,
+        cv2.LINE_AA,
+        4,
+    )
+    ys = np.arange(box.shape[0], dtype=np.float32)[:, None]
+    xs = np.arange(box.shape[1], dtype=np.float32)[None, :]
+    depth = np.clip((centre[1] - ys) / max(axes[1], 1e-6), 0.0, 1.0)  # 1 at its back
+    groove = np.exp(-(((xs - centre[0]) / max(0.06 * axes[0], 0.5)) ** 2))
+    light = (1.05 - 0.4 * depth) * (1.0 - 0.15 * colours.contrast * groove)
+    cover = (shape.astype(np.float32) / 255.0)[..., None]
+    colour = np.asarray(colours.tongue, np.float32) * light[..., None]
+    box += cover * (colour - box)
 
 
 def _draw_rows(
