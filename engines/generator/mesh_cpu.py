@@ -644,11 +644,12 @@ def teeth_row(lip: np.ndarray, unit: float, colours: MouthColours, upper: bool) 
     unlike = np.sin(3.7 * tooth_id + 1.3)
     line = np.interp(xs, xs_lip, ys_lip)
     crown = np.asarray(crowns)[index] * unit * (0.8 + 0.2 * bump)  # the gum dips between
-    rounded = 0.012 * unit * (1.0 - bump) ** 2  # the edge's corners round off
-    edge = line + (np.asarray(edges)[index] + 0.004 * unlike) * unit - sign * rounded
+    contrast = colours.contrast
+    # the edge's corners round off (barely in a cartoon: notches read as fangs there)
+    rounded = 0.012 * unit * (1.0 - bump) ** 2 * (0.2 + 0.8 * contrast)
+    edge = line + (np.asarray(edges)[index] + 0.002 * unlike) * unit - sign * rounded
     gum_line = edge - sign * crown
     v = (ys - gum_line) / (edge - gum_line)  # 0 at the gum line .. 1 at the edge
-    contrast = colours.contrast
     receding = 0.7 * (1.0 - facing**1.2) * (0.4 + 0.6 * contrast)  # flat in a cartoon
     shade = (1.0 - 0.18 * contrast * (1.0 - bump)) * (1.0 - receding) * (1.0 + 0.025 * unlike)
     tooth = (
