@@ -59,7 +59,14 @@ from engines.generator.avatar_prep import (
 )
 from engines.generator.interface import DriverView
 from engines.generator.mesh import build_mesh
-from engines.generator.mesh_cpu import EYES, LidState, MeshGenerator, lid_closures
+from engines.generator.mesh_cpu import (
+    EYES,
+    MOUTH_CORNERS,
+    LidState,
+    MeshGenerator,
+    MouthColours,
+    lid_closures,
+)
 from engines.generator.warp import Roi, signed_areas, warp_image, warp_maps
 from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
 from engines.motion.estimator import Motion, MotionEstimator
@@ -803,6 +810,151 @@ def test_a_nod_up_keeps_the_crown_round(hopper):
     forehead_moved = abs(dest[10, 1] - gen.rest[10, 1]) / gen.unit
     assert forehead_moved > 0.1, forehead_moved
     assert crown_moved < 0.08, crown_moved
+
+
+def opening_columns(gen: MeshGenerator, share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The middle `share` of the current mouth's columns (output pixels) and, per column, the
+    upper and lower inner lips' y there."""
+    upper, lower = gen.last_dest[LIPS_UPPER_INNER, :2], gen.last_dest[LIPS_LOWER_INNER, :2]
+    left, right = np.percentile(upper[:, 0], (50 - 50 * share, 50 + 50 * share))
+    xs = np.arange(int(np.ceil(left)), int(right) + 1)
+    top = np.interp(xs, *upper[np.argsort(upper[:, 0])].T)
+    bottom = np.interp(xs, *lower[np.argsort(lower[:, 0])].T)
+    return xs, top, bottom
+
+
+def bright_in_opening(frame: np.ndarray, gen: MeshGenerator) -> np.ndarray:
+    """Inside the current inner lips, the pixels bright as teeth (over 0.6 of the opening's
+    98th percentile of grey)."""
+    dest = gen.last_dest
+    opening = polygon_mask(
+        frame.shape, np.vstack([dest[LIPS_UPPER_INNER], dest[LIPS_LOWER_INNER[-2:0:-1]]])
+    )
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(np.float64)
+    return opening & (grey >= 0.6 * np.percentile(grey[opening], 98))
+
+
+def upper_teeth_height(frame: np.ndarray, gen: MeshGenerator) -> float:
+    """The median height (pixels) of the bright pixels in the upper half of the opening over
+    its middle half of columns: the upper row's visible band."""
+    bright = bright_in_opening(frame, gen)
+    xs, top, bottom = opening_columns(gen, 0.5)
+    rows = np.arange(frame.shape[0])[:, None]
+    upper_half = (rows >= top[None, :]) & (rows <= (top + bottom)[None, :] / 2)
+    return float(np.median((bright[:, xs] & upper_half).sum(0)))
+
+
+def test_a_closed_mouths_upper_teeth_ride_on_the_skull(hopper):
+    """A closed-mouth avatar's synthetic upper teeth are fixed to the skull behind the upper
+    lip: opening the mouth further shows more cavity, never taller teeth. Before, a flat bar
+    grew with the opening (a third of the gap, up to a cap: 0.045 → 0.075 eye distances)."""
+    heights = []
+    for opening in (0.15, 0.45):
+        gen = generator(hopper, TRACK_SIZE)
+        assert gen.own_mouth is None  # the synthetic path: the photo's lips meet
+        heights.append(upper_teeth_height(gen.render(Motion(mouth_open=opening)), gen))
+    assert heights[0] > 0.03 * gen.unit, heights  # the teeth do show
+    assert abs(heights[1] / heights[0] - 1.0) <= 0.15, heights
+
+
+def count_dips(profile: np.ndarray, reach: int, depth: float) -> int:
+    """Local minima of `profile` at least `depth` (a share) under the brightest value within
+    `reach` on both sides."""
+    count = 0
+    for i in range(reach, len(profile) - reach):
+        window = profile[i - reach : i + reach + 1]
+        left, right = profile[i - reach : i].max(), profile[i + 1 : i + reach + 1].max()
+        if profile[i] == window.min() and profile[i] < (1.0 - depth) * min(left, right):
+            count += 1
+    return count
+
+
+def test_a_closed_mouths_teeth_are_separate_teeth(hopper):
+    """Across the upper row, the teeth show as teeth: bright crowns with thin darker gaps
+    between them (several along the mouth's middle). Before: one flat white bar."""
+    gen = generator(hopper, TRACK_SIZE)
+    frame = gen.render(Motion(mouth_open=0.3))
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY).astype(np.float64)
+    xs, top, _ = opening_columns(gen, 0.6)
+    band = [
+        grey[int(t + 0.01 * gen.unit) : int(t + 0.05 * gen.unit), x].max()
+        for x, t in zip(xs, top, strict=True)
+    ]
+    gaps = count_dips(np.array(band), reach=max(2, round(0.03 * gen.unit)), depth=0.1)
+    assert gaps >= 4, (gaps, np.round(band).astype(int).tolist())  # seen 7
+
+
+def lower_teeth_top(frame: np.ndarray, gen: MeshGenerator) -> float:
+    """The median y (pixels) of the highest bright pixel in the lower half of the opening,
+    over the middle third of its columns: the top of the lower row."""
+    bright = bright_in_opening(frame, gen)
+    xs, top, bottom = opening_columns(gen, 0.33)
+    tops = []
+    for x, t, b in zip(xs, top, bottom, strict=True):
+        rows = np.flatnonzero(bright[int((t + b) / 2) : int(b) + 1, x])
+        if len(rows):
+            tops.append(int((t + b) / 2) + rows[0])
+    assert len(tops) > 0.5 * len(xs), "no lower teeth show"
+    return float(np.median(tops))
+
+
+def test_a_closed_mouths_lower_teeth_drop_with_the_jaw(hopper):
+    """Wide open, the lower row shows above the lower lip and drops with the jaw (nearly as
+    far as the lip: the teeth sit nearer the hinge). Before: there was no lower row."""
+    tops, lips = [], []
+    for opening in (0.45, 0.6):
+        gen = generator(hopper, TRACK_SIZE)
+        frame = gen.render(Motion(mouth_open=opening))
+        tops.append(lower_teeth_top(frame, gen))
+        lips.append(gen.last_dest[LIPS_LOWER_INNER[5], 1])
+    assert lips[1] - lips[0] > 0.1 * gen.unit  # the jaw did drop
+    travel = (tops[1] - tops[0]) / (lips[1] - lips[0])
+    assert 0.6 < travel < 1.05, (tops, lips)  # seen 0.85
+
+
+def raised_upper_lip(points: np.ndarray, lift: float) -> np.ndarray:
+    """An expression that raises the upper lip and the skin above it by `lift` (eye
+    distances), fading out over an ellipse around the lip's middle; the corners and the
+    lower lip stay (a broad grin's lip)."""
+    face, unit = points[:N_FACE, :2], eye_distance(points)  # avatar pixels
+    middle = face[LIPS_UPPER_INNER[len(LIPS_UPPER_INNER) // 2]]
+    reach = ((face - middle) / (np.array([0.5, 0.3]) * unit)) ** 2
+    above = face[:, 1] <= middle[1] + 0.01 * unit  # the upper lip's whole inner edge
+    weight = np.sqrt(np.clip(1.0 - reach.sum(1), 0.0, 1.0)) * above
+    weight[[*LIPS_LOWER_INNER, *MOUTH_CORNERS]] = 0.0
+    expression = np.zeros((len(points), 3), np.float32)
+    expression[:N_FACE, 1] = -lift * weight
+    return expression
+
+
+def test_a_raised_upper_lip_bares_the_gum_above_the_teeth(hopper):
+    """The upper row stays on the skull when the upper lip rises off it: just under the
+    raised lip shows gum (darker and redder than the teeth), the teeth lower down. Before,
+    the white bar followed the lip up."""
+    gen = generator(hopper, TRACK_SIZE)
+    lifted = raised_upper_lip(hopper.points, 0.1)
+    frame = gen.render(Motion(expression=lifted, mouth_open=0.25)).astype(float)
+    xs, top, _ = opening_columns(gen, 0.3)
+
+    def band(start: float, end: float) -> np.ndarray:
+        rows = [
+            frame[int(t + start * gen.unit) : int(t + end * gen.unit), x]
+            for x, t in zip(xs, top, strict=True)
+        ]
+        return np.vstack(rows).mean(0)  # BGR
+
+    gum, teeth = band(0.01, 0.035), band(0.08, 0.13)
+    assert gum.mean() < 0.8 * teeth.mean(), (gum, teeth)
+    assert gum[2] - gum[0] > teeth[2] - teeth[0] + 10, (gum, teeth)  # redder: R − B
+
+
+def test_a_cartoon_gets_flatter_teeth_than_a_photo(hopper, cartoon_avatar):
+    """The synthetic teeth take the avatar's own detail: a flat-shaded cartoon's skin has no
+    fine texture, so its teeth get little shading and faint gaps; a photo's full detail."""
+    photo = MouthColours.sample(hopper.image, hopper.points)
+    cartoon = MouthColours.sample(cartoon_avatar.image, cartoon_avatar.points)
+    assert photo.contrast > 0.7, photo.contrast  # seen 1.0
+    assert cartoon.contrast < 0.5, cartoon.contrast  # seen 0.3
 
 
 def test_the_jaw_turns_about_a_hinge_below_the_ears(hopper, retrack):

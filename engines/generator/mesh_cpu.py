@@ -78,6 +78,31 @@ OWN_INTERIOR_UNTIL = 0.15  # jaw drop (eye distances) by which the own interior 
 GUM_REACH = 0.12  # how far the upper row goes on above the upper lip, per mouth width
 GUM_SHADE = 0.75  # gum: the lip's colour this much darker
 ROW_GAP_DARKER = 0.6  # the gap between rows of teeth: this much darker than the teeth
+# Teeth, seen from the front: each tooth's arc length along the dental arch from the middle
+# (per half mouth width: central and lateral incisor, canine, premolars, first molar), its
+# crown's height and how far its edge reaches past the resting lip line (eye distances).
+UPPER_ARCS = (0.34, 0.26, 0.28, 0.26, 0.25, 0.3)
+UPPER_CROWNS = (0.12, 0.1, 0.11, 0.09, 0.085, 0.08)
+UPPER_EDGES = (0.065, 0.056, 0.058, 0.045, 0.035, 0.025)  # below the lip line
+LOWER_ARCS = (0.22, 0.24, 0.28, 0.27, 0.26, 0.3)
+LOWER_CROWNS = (0.09, 0.09, 0.1, 0.085, 0.08, 0.075)
+LOWER_EDGES = (0.03, 0.03, 0.025, 0.03, 0.035, 0.04)  # the top, below the lip line
+ARCH_RADIUS = 1.05  # the dental arch's radius, per half mouth width: teeth recede with it
+ROW_REACH = 1.2  # each row goes on (darker, fading) this far past the corners (per half
+# width): a smile's wider opening shows it turning away, not its end
+GUM_ABOVE = 0.2  # how far (eye distances) the gum goes on past the crowns
+JAW_TEETH_TRAVEL = 0.85  # the lower teeth drop this share of the lower lip's drop (they sit
+# nearer the jaw's hinge than the lip)
+LOWER_ROW_SHADE = 0.8  # the lower row lies in the upper lip's and upper row's shadow
+LIP_RIM = 0.035  # eye distances over which the cavity shows the inner lip's colour
+LIP_SHADOW = 0.02  # eye distances under the lip's edge that the teeth lie in its shadow
+LIP_SHADOW_DEPTH = 0.35  # ... this much darker at the edge
+TRANSLUCENT = np.array([0.72, 0.68, 0.64])  # a tooth's translucent edge: its colour times
+# this (BGR: a cool grey, the dark cavity seen through it)
+TEETH_LIGHT = (0.35, 52.0)  # the teeth's L* from the skin's: lighter, less spread
+TEETH_CHROMA = 0.5  # the teeth's share of the skin's colourfulness
+GAP_DARKER = 0.4  # the gap between two teeth, at full detail: this much darker
+SKIN_DETAIL_FULL = 6.0  # grey levels of fine skin texture (a photo's) for full-detail teeth
 LASH_LINE = 0.08  # a shut lid's lash line, thickness per eye width
 LID_SKIN = 0.6  # a shut lid's colour: this share the skin under the eye, the rest its own
 SHUT_FROM = 0.5  # lid closure from which the shut lid's own skin fades in
@@ -466,11 +491,15 @@ def _similarity(
 
 @dataclass(frozen=True, slots=True)
 class MouthColours:
-    """The avatar's own lip, skin and light, to colour a synthetic mouth interior."""
+    """The avatar's own lip, skin and light, to colour a synthetic mouth interior; `contrast`
+    (0.3 flat .. 1 photographic) says how much fine detail its skin has, so that a cartoon
+    gets flat teeth and a photo shaded, separate ones."""
 
     cavity: np.ndarray
     teeth: np.ndarray
     tongue: np.ndarray
+    gum: np.ndarray
+    contrast: float
 
     @classmethod
     def sample(cls, image: np.ndarray, points: np.ndarray) -> MouthColours:
@@ -490,9 +519,35 @@ class MouthColours:
                 -1,
             )
         skin = np.array(cv2.mean(image, cheeks)[:3])
-        light = float(np.clip(skin.mean() / 170.0, 0.45, 1.15))
-        teeth = np.clip(np.array([226.0, 234.0, 238.0]) * light * 0.85 + skin * 0.15, 0, 255)
-        return cls(cavity=lip * 0.22, teeth=teeth, tongue=lip * 0.62)
+        return cls(
+            cavity=lip * 0.22,
+            teeth=teeth_colour(skin),
+            tongue=lip * 0.62,
+            gum=lip * GUM_SHADE,
+            contrast=skin_contrast(image, cheeks, eye_distance(points)),
+        )
+
+
+def teeth_colour(skin: np.ndarray) -> np.ndarray:
+    """Teeth in the avatar's palette (BGR): a light, much desaturated tint of its skin (ivory
+    in a warm painting, grey in a grey statue), lighter than the skin yet never paper-white."""
+    lab = cv2.cvtColor(np.float32(np.asarray(skin)[None, None] / 255.0), cv2.COLOR_BGR2Lab)
+    lightness, chroma = lab[0, 0, 0], lab[0, 0, 1:]
+    lab[0, 0, 0] = np.clip(TEETH_LIGHT[0] * lightness + TEETH_LIGHT[1], 0.0, 92.0)
+    lab[0, 0, 1:] = chroma * TEETH_CHROMA
+    return cv2.cvtColor(lab, cv2.COLOR_Lab2BGR)[0, 0].astype(np.float64) * 255.0
+
+
+def skin_contrast(image: np.ndarray, cheeks: np.ndarray, unit: float) -> float:
+    """How much fine texture (pores, brush strokes) the skin under `cheeks` has, 0.3 (flat
+    colour: a cartoon) .. 1 (a photo): the synthetic teeth get as much detail."""
+    x, y, w, h = cv2.boundingRect(cheeks)
+    if w < 2 or h < 2:
+        return 1.0
+    grey = cv2.cvtColor(image[y : y + h, x : x + w], cv2.COLOR_BGR2GRAY).astype(np.float32)
+    fine = grey - cv2.GaussianBlur(grey, (0, 0), max(1.0, 0.015 * unit))
+    spread = float(np.sqrt(cv2.mean(fine * fine, cheeks[y : y + h, x : x + w])[0]))
+    return float(np.clip(spread / SKIN_DETAIL_FULL, 0.3, 1.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,18 +564,150 @@ class MouthLayer:
         _paint_over(person[y0 : y0 + height, x0 : x0 + width], self.box, self.mask)
 
 
+@dataclass(frozen=True, slots=True)
+class TeethRow:
+    """One row of teeth with its gum, drawn once per avatar at the working resolution of the
+    resting face (then only moved per frame): BGRA float32 and its top-left corner, in
+    resting working pixels."""
+
+    sprite: np.ndarray
+    origin: np.ndarray
+    under_lip: bool  # the upper row: in the upper lip's shadow just under its edge
+
+    def placed(self, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """The row moved by `matrix` (2x3: resting working pixels → box pixels) into a box
+        of `size` (width, height)."""
+        moved = np.array(matrix, np.float64)
+        moved[:, 2] += moved[:, :2] @ self.origin
+        return cv2.warpAffine(
+            self.sprite, moved, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Teeth:
+    """A closed-mouth avatar's synthetic teeth: the upper row rides on the skull, the lower
+    on the jaw, whose drop is measured at the lower inner lip's middle (`jaw_mark`, resting
+    working pixels)."""
+
+    upper: TeethRow
+    lower: TeethRow
+    jaw_mark: np.ndarray
+
+
+def build_teeth(
+    upper_lip: np.ndarray, lower_lip: np.ndarray, unit: float, colours: MouthColours
+) -> Teeth:
+    """Both rows for the resting inner lips (working pixels, `unit` the eye distance there)."""
+    return Teeth(
+        upper=teeth_row(upper_lip, unit, colours, upper=True),
+        lower=teeth_row(lower_lip, unit, colours, upper=False),
+        jaw_mark=np.asarray(lower_lip[len(lower_lip) // 2], np.float64),
+    )
+
+
+def _arch_columns(
+    xs: np.ndarray, centre: float, half: float, arcs: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of a row seen from the front: its tooth's index, where across that tooth
+    (0..1), how much the arch faces the viewer there (1 in the middle, 0 at its side) and
+    the tooth's seen width: the arch recedes, so teeth narrow towards the corners."""
+    radius = half * ARCH_RADIUS
+    along = np.concatenate([[0.0], np.cumsum(arcs)]) * half
+    bounds = radius * np.sin(np.minimum(along / radius, np.pi / 2))
+    offset = np.abs(xs - centre)
+    index = np.clip(np.searchsorted(bounds, offset, side="right") - 1, 0, len(arcs) - 1)
+    width = np.maximum(bounds[index + 1] - bounds[index], 1e-6)
+    across = np.clip((offset - bounds[index]) / width, 0.0, 1.0)
+    facing = np.sqrt(1.0 - np.clip(offset / radius, 0.0, 1.0) ** 2)
+    return index, across, facing, width
+
+
+def teeth_row(lip: np.ndarray, unit: float, colours: MouthColours, upper: bool) -> TeethRow:
+    """One row behind the resting inner lip `lip` (working pixels): separate teeth along the
+    receding arch (incisors broad and bright in the middle, canines and premolars narrower
+    and darker towards the corners), thin dark gaps between them that widen at the biting
+    edge, a little translucency there, a scalloped gum line beyond the crowns, all in the
+    avatar's palette and with as much detail as its skin has."""
+    xs_lip, ys_lip = _by_x(np.asarray(lip, np.float64))
+    centre, half = (xs_lip[0] + xs_lip[-1]) / 2, max((xs_lip[-1] - xs_lip[0]) / 2, 1.0)
+    arcs, crowns, edges = (
+        (UPPER_ARCS, UPPER_CROWNS, UPPER_EDGES)
+        if upper
+        else (LOWER_ARCS, LOWER_CROWNS, LOWER_EDGES)
+    )
+    sign = 1.0 if upper else -1.0  # from the gum towards the biting edge: down for the upper
+    reach = (max(crowns) + max(edges) + GUM_ABOVE) * unit
+    x0 = int(np.floor(centre - ROW_REACH * half)) - 1
+    x1 = int(np.ceil(centre + ROW_REACH * half)) + 2
+    if upper:
+        y0, y1 = (
+            int(np.floor(ys_lip.min() - reach)),
+            int(np.ceil(ys_lip.max() + max(edges) * unit)) + 2,
+        )
+    else:
+        y0, y1 = (
+            int(np.floor(ys_lip.min() + min(edges) * unit)) - 2,
+            int(np.ceil(ys_lip.max() + reach)),
+        )
+    xs = np.arange(x0, x1, dtype=np.float64)
+    ys = np.arange(y0, y1, dtype=np.float64)[:, None]
+    index, across, facing, width = _arch_columns(xs, centre, half, arcs)
+    bump = np.sin(np.pi * across)  # 1 across a tooth's middle, 0 at its sides
+    # no two teeth quite alike (left and right differ too): a denture's sameness reads false
+    tooth_id = index + len(arcs) * (xs > centre)
+    unlike = np.sin(3.7 * tooth_id + 1.3)
+    line = np.interp(xs, xs_lip, ys_lip)
+    crown = np.asarray(crowns)[index] * unit * (0.8 + 0.2 * bump)  # the gum dips between
+    contrast = colours.contrast
+    # the edge's corners round off (barely in a cartoon: notches read as fangs there)
+    rounded = 0.012 * unit * (1.0 - bump) ** 2 * (0.2 + 0.8 * contrast)
+    edge = line + (np.asarray(edges)[index] + 0.002 * unlike) * unit - sign * rounded
+    gum_line = edge - sign * crown
+    v = (ys - gum_line) / (edge - gum_line)  # 0 at the gum line .. 1 at the edge
+    receding = 0.7 * (1.0 - facing**1.2) * (0.4 + 0.6 * contrast)  # flat in a cartoon
+    shade = (1.0 - 0.18 * contrast * (1.0 - bump)) * (1.0 - receding) * (1.0 + 0.025 * unlike)
+    tooth = (
+        np.asarray(colours.teeth, np.float64)
+        * (shade[None, :] * (0.9 + 0.1 * np.clip(v / 0.25, 0, 1)))[..., None]
+    )
+    clear = np.clip((v - 0.7) / 0.3, 0.0, 1.0) * 0.4 * contrast  # the edge: translucent
+    tooth += clear[..., None] * (
+        np.asarray(colours.teeth) * TRANSLUCENT * shade[None, :, None] - tooth
+    )
+    side = np.minimum(across, 1.0 - across) * width  # pixels to the nearest gap
+    spread = max(0.5, 0.007 * unit) * (1.0 + 1.5 * np.clip((v - 0.75) / 0.25, 0.0, 1.0))
+    tooth *= (1.0 - GAP_DARKER * contrast * np.exp(-((side / spread) ** 2)))[..., None]
+    into_gum = np.clip(-v * crown / (0.08 * unit), 0.0, 1.0)  # darker further from the teeth
+    gum = (
+        np.asarray(colours.gum, np.float64)
+        * (1.0 - 0.4 * into_gum)[..., None]
+        * (1.0 - receding)[None, :, None]
+    )
+    is_tooth = np.clip(sign * (ys - gum_line) + 0.5, 0.0, 1.0)[..., None]
+    colour = gum + is_tooth * (tooth - gum)
+    alpha = np.clip(sign * (edge - ys) + 0.5, 0.0, 1.0)
+    sides = np.clip((ROW_REACH * half - np.abs(xs - centre)) / (0.3 * half), 0.0, 1.0)
+    alpha *= sides * sides * (3.0 - 2.0 * sides)  # the row fades into the dark corners
+    if not upper:
+        colour *= LOWER_ROW_SHADE
+    sprite = np.dstack([np.clip(colour, 0, 255), alpha]).astype(np.float32)
+    return TeethRow(sprite, np.array([x0, y0], np.float64), under_lip=upper)
+
+
 def synthetic_mouth(
     shape: tuple[int, ...],
     upper: np.ndarray,
     lower: np.ndarray,
     colours: MouthColours,
     unit: float,
-    teeth: bool = True,
+    rows: Sequence[tuple[TeethRow, np.ndarray]] = (),
 ) -> MouthLayer | None:
     """A mouth interior inside the current inner-lip contour (ROI pixel coordinates): dark
-    cavity, upper teeth under the upper lip (unless `teeth` is False: the avatar's own are
-    drawn over it), a tongue low at the back, shaded darker towards the corners; it fades in
-    and grows with the opening, coloured from the avatar. None while the lips meet."""
+    cavity showing the inner lip's colour along the lips, darker towards the corners, a
+    tongue low at the back, then `rows` of teeth (each with its 2x3 from resting working
+    pixels to ROI pixels; drawn in order, the lips cover them), the teeth shadowed just
+    under the lips; it fades in with the opening. None while the lips meet."""
     polygon = np.vstack([upper, lower[-2:0:-1]])
     gap = float(np.max(lower[1:-1, 1] - upper[1:-1, 1]))
     if gap < 0.015 * unit:
@@ -539,38 +726,80 @@ def synthetic_mouth(
     width = float(np.linalg.norm(upper[-1] - upper[0]))
     if gap > 0.12 * unit:
         tongue = lower[len(lower) // 2] - origin - np.array([0.0, 0.25 * gap])
-        cv2.ellipse(
-            box,
-            tuple(np.round(tongue * 16).astype(int)),
-            (round(0.28 * width * 16), round(0.3 * gap * 16)),
-            0,
-            180,
-            360,
-            colours.tongue.tolist(),
-            -1,
-            cv2.LINE_AA,
-            4,
-        )
-    if teeth and gap > 0.04 * unit:  # along the upper lip's line, clear of the corners
-        teeth_height = min(0.3 * gap, 0.075 * unit)
-        order = np.argsort(upper[:, 0])
-        xs = np.linspace(*np.percentile(upper[:, 0], (12, 88)), 12)
-        top = np.interp(xs, upper[order, 0], upper[order, 1])
-        edge = np.stack([xs, top], axis=1) - origin
-        band = np.vstack([edge, (edge + np.array([0.0, teeth_height]))[::-1]])
-        cv2.fillPoly(
-            box, [np.round(band * 16).astype(np.int32)], colours.teeth.tolist(), cv2.LINE_AA, 4
-        )
+        _draw_tongue(box, tongue, (0.28 * width, 0.3 * gap), colours)
     center_x = (upper[0, 0] + upper[-1, 0]) / 2 - x0
     xs = np.arange(box.shape[1], dtype=np.float32) - center_x
     box *= (0.45 + 0.55 * np.exp(-((xs / (0.42 * width)) ** 2)))[None, :, None]
     box = cv2.GaussianBlur(box, (0, 0), max(0.6, 0.05 * gap))
     mask = np.zeros(box.shape[:2], np.uint8)
     cv2.fillPoly(mask, [np.round((polygon - origin) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
+    inside = cv2.distanceTransform((mask >= 128).astype(np.uint8), cv2.DIST_L2, 3)[..., None]
+    rim = np.exp(-inside / max(LIP_RIM * unit, 0.5))
+    box += rim * (np.asarray(colours.tongue, np.float32) * 0.8 - box)
+    if rows:
+        box = _draw_rows(box, rows, origin, np.exp(-inside / max(LIP_SHADOW * unit, 0.5)))
     fade = float(np.clip((gap - 0.015 * unit) / (0.035 * unit), 0.0, 1.0))
     if fade < 1.0:
         mask = (mask * fade).astype(np.uint8)
-    return MouthLayer(box.astype(np.uint8), mask, (x0, y0))
+    return MouthLayer(np.clip(box, 0, 255).astype(np.uint8), mask, (x0, y0))
+
+
+def _draw_tongue(
+    box: np.ndarray, centre: np.ndarray, axes: tuple[float, float], colours: MouthColours
+) -> None:
+    """The tongue on the cavity's floor (in place): the upper half of an ellipse about
+    `centre`, lit at the front (low in the image, by the teeth) and darker towards the
+    back of the mouth, with a faint groove down its middle. Only its own rectangle of the
+    box is touched (it runs every frame)."""
+    x0 = max(int(centre[0] - axes[0]) - 2, 0)
+    y0 = max(int(centre[1] - axes[1]) - 2, 0)
+    x1 = min(int(centre[0] + axes[0]) + 3, box.shape[1])
+    y1 = min(int(centre[1]) + 3, box.shape[0])
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return
+    local = centre - (x0, y0)
+    shape = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.ellipse(
+        shape,
+        tuple(np.round(local * 16).astype(int)),
+        tuple(max(1, round(a * 16)) for a in axes),
+        0,
+        180,
+        360,
+        255,
+        -1,
+        cv2.LINE_AA,
+        4,
+    )
+    ys = np.arange(y1 - y0, dtype=np.float32)[:, None]
+    xs = np.arange(x1 - x0, dtype=np.float32)[None, :]
+    depth = np.clip((local[1] - ys) / max(axes[1], 1e-6), 0.0, 1.0)  # 1 at its back
+    groove = np.exp(-(((xs - local[0]) / max(0.06 * axes[0], 0.5)) ** 2))
+    light = (1.05 - 0.4 * depth) * (1.0 - 0.15 * colours.contrast * groove)
+    cover = (shape.astype(np.float32) / 255.0)[..., None]
+    colour = np.asarray(colours.tongue, np.float32) * light[..., None]
+    part = box[y0:y1, x0:x1]
+    part += cover * (colour - part)
+
+
+def _draw_rows(
+    box: np.ndarray,
+    rows: Sequence[tuple[TeethRow, np.ndarray]],
+    origin: np.ndarray,
+    lip_shadow: np.ndarray,
+) -> np.ndarray:
+    """The rows of teeth over the cavity `box` (float BGR), each moved by its matrix; the
+    upper row's parts just under the lips' edge (`lip_shadow` 1 there) in the lip's shadow."""
+    height, width = box.shape[:2]
+    shaded = np.zeros((height, width, 1), np.float32)
+    for row, matrix in rows:
+        to_box = np.array(matrix, np.float64)
+        to_box[:, 2] -= origin
+        layer = row.placed(to_box, (width, height))
+        alpha = layer[:, :, 3:]
+        box = box + alpha * (layer[:, :, :3] - box)
+        shaded = shaded + (alpha * (1.0 - shaded) if row.under_lip else -alpha * shaded)
+    return box * (1.0 - LIP_SHADOW_DEPTH * shaded * lip_shadow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -864,6 +1093,7 @@ class MeshGenerator:
         self.pivot = self.rest[RIGID].mean(0)
         self.head_centre = self.framing.apply(self.mesh.head_center[None])[0]
         self.outline_ids = np.flatnonzero(self.mesh.outline > 0)
+        self.teeth, self.from_rest = self._synthetic_teeth()  # after the head's pivot
         vertices = self.mesh.vertices
         self.image_bottom = np.flatnonzero(  # the image's bottom edge (not the frame below)
             (np.abs(vertices[:, 1] - (img_h - 1)) < 1e-6)
@@ -1189,10 +1419,43 @@ class MeshGenerator:
         lower = dest[LIPS_LOWER_INNER, :2] - offset
         if self.own_mouth is not None:
             return self._own_mouth_layer(upper, lower, offset, shape, unit)
-        mouth = synthetic_mouth(shape, upper, lower, self.mouth_colours, unit)
+        rows = self._teeth_rows(lower, offset)
+        mouth = synthetic_mouth(shape, upper, lower, self.mouth_colours, unit, rows)
         if mouth is not None and driver is not None and self.config.mouth_interior == "driver":
             mouth = driver_mouth(mouth, upper, lower, driver)
         return mouth
+
+    def _synthetic_teeth(self) -> tuple[Teeth | None, np.ndarray]:
+        """A closed-mouth avatar's teeth (None for an avatar with its own), drawn once
+        behind its resting inner lips in resting working pixels, and the 3x3 from those back
+        to avatar pixels (whence the skull's matrix carries them into each frame)."""
+        from_rest = np.linalg.inv(np.vstack([self.skull_matrix(), [0.0, 0.0, 1.0]]))
+        if self.own_mouth is not None:
+            return None, from_rest
+        work = self.to_work(self.rest[:, :2])
+        unit = self.unit * self.work_per_output[0]
+        teeth = build_teeth(
+            work[LIPS_UPPER_INNER], work[LIPS_LOWER_INNER], unit, self.mouth_colours
+        )
+        return teeth, from_rest
+
+    def _teeth_rows(
+        self, lower: np.ndarray, offset: np.ndarray
+    ) -> list[tuple[TeethRow, np.ndarray]]:
+        """The synthetic rows and where they go (2x3: resting working pixels → ROI pixels):
+        the upper with the skull, never stretched; the lower with it too, dropped along the
+        head's vertical by the jaw (a share of the lower lip's drop). Lower first: the upper
+        row overlaps it."""
+        if self.teeth is None:
+            return []
+        skull = self.skull_matrix() @ self.from_rest
+        skull[:, 2] -= offset
+        down = skull[:, 1] / max(float(np.linalg.norm(skull[:, 1])), 1e-9)
+        mark = skull[:, :2] @ self.teeth.jaw_mark + skull[:, 2]
+        drop = max(0.0, float((lower[len(lower) // 2] - mark) @ down))
+        jaw = skull.copy()
+        jaw[:, 2] += JAW_TEETH_TRAVEL * drop * down
+        return [(self.teeth.lower, jaw), (self.teeth.upper, skull)]
 
     def skull_matrix(self) -> np.ndarray:
         """2x3: avatar pixels → working pixels, as the head's last pose carries a point at
@@ -1225,7 +1488,7 @@ class MeshGenerator:
         """The own mouth's rows, whole: the upper with the skull, the lower dropped with the
         jaw, over the synthetic cavity and tongue, seen through the lips' current opening."""
         assert self.own_mouth is not None
-        cavity = synthetic_mouth(shape, upper, lower, self.mouth_colours, unit, teeth=False)
+        cavity = synthetic_mouth(shape, upper, lower, self.mouth_colours, unit)
         if cavity is None:
             return None  # the lips meet
         x0, y0 = cavity.origin
