@@ -32,6 +32,7 @@ from daemon.frames import CapturedFrame
 from daemon.pipeline import Pipeline
 from daemon.stats import RollingStats
 from engines.facegeom import (
+    CHIN,
     FACE_OVAL,
     LIPS_LOWER_INNER,
     LIPS_LOWER_OUTER,
@@ -787,6 +788,31 @@ def test_the_teeth_keep_their_height_as_the_mouth_opens(parted_lips):
     before, after = teeth_height(rest, rest_gen, bright), teeth_height(wide, open_gen, bright)
     assert before > 2, before  # the photo's teeth show
     assert abs(after / before - 1.0) <= 0.15, (before, after)  # seen 7 → 7
+
+
+def test_a_grin_bares_the_lower_teeth_a_dropped_jaw_shows_the_cavity(parted_lips):
+    """The lower teeth ride on the jaw, which the driver's chin measures: lips pulled apart
+    with the chin still (a grin) show lower teeth under the upper row, the same opening
+    with the chin dropped as far (the jaw opening) shows the dark cavity between the rows.
+    Before, the teeth went with the lip either way: the grin showed a dark gap."""
+    gap = resting_mouth_gap(parted_lips.points)
+    motion = Motion(mouth_open=gap + 0.12, mouth_own=0.0, expression=np.zeros((478, 3)))
+    grin_gen, jaw_gen = generator(parted_lips, TRACK_SIZE), generator(parted_lips, TRACK_SIZE)
+    grin = grin_gen.render(motion)
+    dropped = motion.expression.copy()
+    dropped[CHIN, 1] = 0.12
+    jaw = jaw_gen.render(replace(motion, expression=dropped))
+
+    def dark_share(frame: np.ndarray, gen: MeshGenerator) -> float:
+        dest = gen.last_dest
+        inner = np.vstack([dest[LIPS_UPPER_INNER], dest[LIPS_LOWER_INNER[-2:0:-1]]])
+        opening = polygon_mask(frame.shape, inner) > 0
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        return float((grey[opening] < 60).mean())
+
+    grin_dark, jaw_dark = dark_share(grin, grin_gen), dark_share(jaw, jaw_gen)
+    assert jaw_dark > 0.2, jaw_dark  # the cavity shows
+    assert grin_dark < 0.6 * jaw_dark, (grin_dark, jaw_dark)
 
 
 def test_a_nod_up_keeps_the_crown_round(hopper):

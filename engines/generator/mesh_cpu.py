@@ -21,6 +21,7 @@ import numpy as np
 from scipy import sparse
 
 from engines.facegeom import (
+    CHIN,
     LEFT_EYE_BROW_RING,
     LEFT_EYE_CREASE,
     LEFT_EYE_LOWER,
@@ -91,6 +92,7 @@ ARCH_RADIUS = 1.05  # the dental arch's radius, per half mouth width: teeth rece
 ROW_REACH = 1.2  # each row goes on (darker, fading) this far past the corners (per half
 # width): a smile's wider opening shows it turning away, not its end
 GUM_ABOVE = 0.2  # how far (eye distances) the gum goes on past the crowns
+BITE_OVERLAP = 0.01  # eye distances the lower incisors reach up behind the upper ones
 JAW_TEETH_TRAVEL = 0.85  # the lower teeth drop this share of the lower lip's drop (they sit
 # nearer the jaw's hinge than the lip)
 LOWER_ROW_SHADE = 0.8  # the lower row lies in the upper lip's and upper row's shadow
@@ -814,6 +816,29 @@ class OwnMouth:
     lower: np.ndarray  # BGRA
 
 
+def own_teeth_colour(own: OwnMouth) -> np.ndarray | None:
+    """The colour of a parted-lips avatar's own teeth (BGR): the brightest tenth of its upper
+    row (the rest is gum, lip and the gaps); None when the row shows nothing."""
+    shown = own.upper[:, :, 3] > 128
+    if shown.sum() < 8:
+        return None
+    pixels = own.upper[:, :, :3][shown].astype(np.float64)
+    bright = pixels[pixels.sum(1) >= np.percentile(pixels.sum(1), 90)]
+    return np.median(bright, axis=0)
+
+
+def own_bite_depth(own: OwnMouth, points: np.ndarray) -> float | None:
+    """How far (avatar pixels) below the resting upper inner lip a parted-lips avatar's own
+    upper teeth end (their biting edge), over the middle of the mouth; None without teeth."""
+    shown = own.upper[:, :, 3] > 128
+    depths = []
+    for x, y in points[LIPS_UPPER_INNER[3:-3], :2]:
+        column = round(x - own.origin[0])
+        if 0 <= column < shown.shape[1] and shown[:, column].any():
+            depths.append(own.origin[1] + np.flatnonzero(shown[:, column])[-1] - y)
+    return float(np.median(depths)) if depths else None
+
+
 def build_own_mouth(image: np.ndarray, points: np.ndarray) -> OwnMouth:
     """Split what shows between the avatar's lips into an upper and a lower row: at the darkest
     band across the opening (the gap between the rows) where there is one, else all of it
@@ -1084,6 +1109,7 @@ class MeshGenerator:
         self.mouth_depth = float(self.rest[LIPS_UPPER_INNER + LIPS_LOWER_INNER, 2].mean())
         self.head = (np.eye(3), 1.0, np.zeros(3))  # the last frame's (rotation, scale, shift)
         self.jaw_drop = 0.0  # the last frame's jaw drop at the lower lip, output pixels
+        self.teeth_drop = 0.0  # ... and the lower teeth's (see _drop_teeth)
         self.lids = [LidState(), LidState()]
         self.closures = [0.0, 0.0]  # the lids' closure in the last frame deformed
         # The head turns about the centre of its rigid landmarks: the point whose movement the
@@ -1094,6 +1120,7 @@ class MeshGenerator:
         self.head_centre = self.framing.apply(self.mesh.head_center[None])[0]
         self.outline_ids = np.flatnonzero(self.mesh.outline > 0)
         self.teeth, self.from_rest = self._synthetic_teeth()  # after the head's pivot
+        self.hidden_lower = self._hidden_lower_teeth()
         vertices = self.mesh.vertices
         self.image_bottom = np.flatnonzero(  # the image's bottom edge (not the frame below)
             (np.abs(vertices[:, 1] - (img_h - 1)) < 1e-6)
@@ -1118,6 +1145,12 @@ class MeshGenerator:
         self.fold_triangles, self.rest_sign = self.face_triangles[kept], np.sign(areas[kept])
         self.jaw = jaw_weights(self.rest[:N_FACE], self.unit, self.face_triangles)
         self.rest_gap = resting_mouth_gap(avatar.points)
+        self.rest_lip_gap = (
+            float(  # the inner lips' widest gap at rest, eye distances
+                np.max(self.rest[LIPS_LOWER_INNER[1:-1], 1] - self.rest[LIPS_UPPER_INNER[1:-1], 1])
+            )
+            / self.unit
+        )
         self.neighbours = neighbour_mean(self.face_triangles, N_FACE)
         self.cheeks = cheek_weights(self.rest, self.unit, self.neighbours)
         self.skin = SkinShading.build(
@@ -1146,6 +1179,7 @@ class MeshGenerator:
         signals = self.rest.copy()  # the signals alone: jaw drop and lids
         self._open_mouth(signals, motion.mouth_open, motion.mouth_own)
         self._close_lids(signals, closures)
+        self._drop_teeth(motion.expression)
         face = signals.copy()
         if motion.expression is not None:
             offsets = motion.expression[:N_FACE].astype(np.float64) * self.unit
@@ -1259,6 +1293,17 @@ class MeshGenerator:
         drop = (max(0.0, mouth_open) - (1.0 - mouth_own) * self.rest_gap) * self.unit
         face[:N_FACE, 1] += drop * self.jaw
         self.jaw_drop = drop * float(self.jaw[LOWER_LIP_INNER])
+
+    def _drop_teeth(self, expression: np.ndarray | None) -> None:
+        """How far the lower teeth drop (output pixels): as the chin does, at most as the lower
+        lip. They sit on the jaw, and the driver's chin says what the jaw did: a grin pulls the
+        lower lip down off the teeth while the jaw stays shut (dropped with the lip, the
+        teeth left a dark gap under the upper row where the real mouth shows them)."""
+        if expression is None:
+            self.teeth_drop = self.jaw_drop
+            return
+        chin = max(0.0, float(expression[CHIN, 1])) * self.unit
+        self.teeth_drop = min(self.jaw_drop, chin)
 
     def _close_lids(self, face: np.ndarray, closures: list[float]) -> None:
         for (upper, lower, crease, _), brow, closure in zip(
@@ -1425,6 +1470,19 @@ class MeshGenerator:
             mouth = driver_mouth(mouth, upper, lower, driver)
         return mouth
 
+    def _hidden_lower_row(
+        self, offset: np.ndarray, jaw_shift: np.ndarray
+    ) -> list[tuple[TeethRow, np.ndarray]]:
+        """A parted-lips avatar's lower teeth that its lower lip hid at rest (synthetic, in
+        its own teeth's colour), on the jaw: a grin pulls the lower lip down off them while
+        the jaw stays, and the real mouth then shows them, not a dark gap under the upper
+        row."""
+        if self.hidden_lower is None:
+            return []
+        jaw = self.skull_matrix() @ self.from_rest
+        jaw[:, 2] += jaw_shift - offset
+        return [(self.hidden_lower, jaw)]
+
     def _synthetic_teeth(self) -> tuple[Teeth | None, np.ndarray]:
         """A closed-mouth avatar's teeth (None for an avatar with its own), drawn once
         behind its resting inner lips in resting working pixels, and the 3x3 from those back
@@ -1439,13 +1497,33 @@ class MeshGenerator:
         )
         return teeth, from_rest
 
+    def _hidden_lower_teeth(self) -> TeethRow | None:
+        """A parted-lips avatar's synthetic lower row (see _hidden_lower_row), behind its
+        resting lower lip, coloured like its own teeth; None for a closed-mouth avatar."""
+        if self.own_mouth is None:
+            return None
+        colour = own_teeth_colour(self.own_mouth)
+        if colour is None:
+            return None
+        bite = own_bite_depth(self.own_mouth, self.avatar.points)
+        if bite is None:
+            return None
+        # a lip line that puts the row's top just behind the upper teeth's biting edge
+        line = self.avatar.points[LIPS_UPPER_INNER, :2].copy()
+        line[:, 1] += bite - (LOWER_EDGES[0] + BITE_OVERLAP) * eye_distance(self.avatar.points)
+        placed = self.framing.apply(np.column_stack([line, np.zeros(len(line))]))[:, :2]
+        work = self.to_work(placed)
+        unit = self.unit * self.work_per_output[0]
+        colours = replace(self.mouth_colours, teeth=colour)
+        return teeth_row(work, unit, colours, upper=False)
+
     def _teeth_rows(
         self, lower: np.ndarray, offset: np.ndarray
     ) -> list[tuple[TeethRow, np.ndarray]]:
         """The synthetic rows and where they go (2x3: resting working pixels → ROI pixels):
         the upper with the skull, never stretched; the lower with it too, dropped along the
-        head's vertical by the jaw (a share of the lower lip's drop). Lower first: the upper
-        row overlaps it."""
+        head's vertical by the jaw (a share of the lower lip's drop, at most the chin's: see
+        _drop_teeth). Lower first: the upper row overlaps it."""
         if self.teeth is None:
             return []
         skull = self.skull_matrix() @ self.from_rest
@@ -1453,8 +1531,10 @@ class MeshGenerator:
         down = skull[:, 1] / max(float(np.linalg.norm(skull[:, 1])), 1e-9)
         mark = skull[:, :2] @ self.teeth.jaw_mark + skull[:, 2]
         drop = max(0.0, float((lower[len(lower) // 2] - mark) @ down))
+        _, scale, _ = self.head
+        chin = self.teeth_drop * self.work_per_output[1] * scale  # at most as the chin
         jaw = skull.copy()
-        jaw[:, 2] += JAW_TEETH_TRAVEL * drop * down
+        jaw[:, 2] += min(JAW_TEETH_TRAVEL * drop, chin) * down
         return [(self.teeth.lower, jaw), (self.teeth.upper, skull)]
 
     def skull_matrix(self) -> np.ndarray:
@@ -1488,16 +1568,19 @@ class MeshGenerator:
         """The own mouth's rows, whole: the upper with the skull, the lower dropped with the
         jaw, over the synthetic cavity and tongue, seen through the lips' current opening."""
         assert self.own_mouth is not None
-        cavity = synthetic_mouth(shape, upper, lower, self.mouth_colours, unit)
+        rotation, scale, _ = self.head
+        jaw_shift = np.array(self.work_per_output) * scale * rotation[:2, 1] * self.teeth_drop
+        cavity = synthetic_mouth(
+            shape, upper, lower, self.mouth_colours, unit, self._hidden_lower_row(offset, jaw_shift)
+        )
         if cavity is None:
             return None  # the lips meet
         x0, y0 = cavity.origin
         height, width = cavity.mask.shape
         skull = self.skull_matrix()
         skull[:, 2] += skull[:, :2] @ self.own_mouth.origin - offset - (x0, y0)
-        rotation, scale, _ = self.head
         jaw = skull.copy()
-        jaw[:, 2] += np.array(self.work_per_output) * scale * rotation[:2, 1] * self.jaw_drop
+        jaw[:, 2] += jaw_shift
         box = self._own_interior(cavity, upper, lower, offset, unit).astype(np.float32)
         # The rows' weights add up (over one another, the soft seam between them would show
         # the cavity through).
@@ -1532,11 +1615,15 @@ class MeshGenerator:
     ) -> np.ndarray:
         """What shows between the rows: while the mouth opens little, the avatar's own
         interior spread over the opening (what the real mouth shows then: more of the same
-        teeth and shade), fading into the synthetic cavity and lower teeth as the jaw drops
-        further, where spreading would draw the teeth out into streaks."""
+        teeth and shade), fading into the synthetic cavity and lower teeth as the mouth opens
+        further, where spreading would draw the teeth out into streaks: as the jaw drops, or
+        as the lips part beyond their rest by themselves (a grin bares the lower teeth with
+        the jaw shut; spread, frame 0's dark gap under the teeth showed as a grey band)."""
         assert self.own_mouth is not None
         drop = self.jaw_drop * self.work_per_output[1] / max(unit, 1e-6)
-        fade = float(np.clip(drop / OWN_INTERIOR_UNTIL, 0.0, 1.0))
+        gap = float(np.max(lower[1:-1, 1] - upper[1:-1, 1])) / max(unit, 1e-6)
+        opened = max(drop, gap - self.rest_lip_gap)
+        fade = float(np.clip(opened / OWN_INTERIOR_UNTIL, 0.0, 1.0))
         fade = fade * fade * (3.0 - 2.0 * fade)
         if fade >= 1.0:
             return cavity.box
