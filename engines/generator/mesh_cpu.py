@@ -1522,8 +1522,10 @@ class MeshGenerator:
     ) -> list[tuple[TeethRow, np.ndarray]]:
         """The synthetic rows and where they go (2x3: resting working pixels → ROI pixels):
         the upper with the skull, never stretched; the lower with it too, dropped along the
-        head's vertical by the jaw (a share of the lower lip's drop, at most the chin's: see
-        _drop_teeth). Lower first: the upper row overlaps it."""
+        head's vertical by the jaw (a share of the lower lip's drop: held at the chin's, as
+        the parted-lips avatar's are, its teeth filled a talking mouth's small openings and
+        the tracker read them as less open, mouth_r 0.84 → 0.73 on a statue-like photo).
+        Lower first: the upper row overlaps it."""
         if self.teeth is None:
             return []
         skull = self.skull_matrix() @ self.from_rest
@@ -1531,10 +1533,8 @@ class MeshGenerator:
         down = skull[:, 1] / max(float(np.linalg.norm(skull[:, 1])), 1e-9)
         mark = skull[:, :2] @ self.teeth.jaw_mark + skull[:, 2]
         drop = max(0.0, float((lower[len(lower) // 2] - mark) @ down))
-        _, scale, _ = self.head
-        chin = self.teeth_drop * self.work_per_output[1] * scale  # at most as the chin
         jaw = skull.copy()
-        jaw[:, 2] += min(JAW_TEETH_TRAVEL * drop, chin) * down
+        jaw[:, 2] += JAW_TEETH_TRAVEL * drop * down
         return [(self.teeth.lower, jaw), (self.teeth.upper, skull)]
 
     def skull_matrix(self) -> np.ndarray:
