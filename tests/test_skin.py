@@ -151,7 +151,7 @@ def render_pair(avatar: PreparedAvatar, neutral: DriverView, driver: DriverView)
         generator.render(
             Motion(state="tracked", expression=np.zeros((478, 3), np.float32)), neutral
         )
-        for _ in range(3):
+        for _ in range(5):  # the detail is updated on every other frame and eased in
             out = generator.render(TALKING, driver)
         outputs.append(out)
     return outputs[0], outputs[1], generator
