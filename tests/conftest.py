@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from engines.generator.avatar import load_avatar
-from engines.generator.interface import letterbox
+from engines.generator.interface import DriverView, letterbox
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -119,6 +119,21 @@ def pypi_reachable() -> bool:
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.abs(a.astype(np.int16) - b.astype(np.int16))))
+
+
+def driver_view(image: np.ndarray) -> DriverView:
+    """A real face image with its landmarks (FaceMesh on the still image), as the pipeline
+    lends a generator that asked for the driver's pixels."""
+    from engines.landmarks.config import MediaPipeTrackingConfig
+    from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
+
+    mesh = MediaPipeLandmarks(MediaPipeTrackingConfig(), static_images=True)
+    try:
+        found = mesh.detect(image, 0.0, 0)
+    finally:
+        mesh.close()
+    assert found is not None, "no face in the driver image"
+    return DriverView(image, found.points)
 
 
 def face_x(frames: Iterable[np.ndarray]) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import (
     SHARED_DATA,
+    driver_view,
     face_x,
     mean_abs_diff,
     person_sweep,
@@ -1136,13 +1137,7 @@ def test_driver_mouth_interior_shows_the_driver_only_inside_the_lips(hopper, dev
     the avatar's lips — and changes not one pixel anywhere else."""
     open_mouth = Motion(mouth_open=0.25)
     driver_image = generator(hopper, size=(640, 480)).render(open_mouth)  # a real open mouth
-    mesh = MediaPipeLandmarks(MediaPipeTrackingConfig(), static_images=True)
-    try:
-        found = mesh.detect(driver_image, 0.0, 0)
-    finally:
-        mesh.close()
-    assert found is not None
-    driver = DriverView(driver_image, found.points)
+    driver = driver_view(driver_image)
     avatar = dev_photo or hopper
     synthetic = MeshGenerator(MeshGeneratorConfig(skin_detail="off"), avatar, *SIZE)
     borrowed = MeshGenerator(

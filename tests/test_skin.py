@@ -7,15 +7,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from conftest import driver_view
 
-from daemon.config import MediaPipeTrackingConfig
 from engines.facegeom import N_FACE, eye_distance
 from engines.generator.avatar_prep import PreparedAvatar, prepare_avatar
 from engines.generator.config import MeshGeneratorConfig
 from engines.generator.interface import DriverView
 from engines.generator.mesh_cpu import MeshGenerator
 from engines.generator.skin import DriverDetail, SkinSpace, skin_mask
-from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
 from engines.motion.estimator import Motion
 
 CHEEKS = ((50, 101, 118, 205), (280, 330, 347, 425))  # the malar area, right then left
@@ -114,13 +113,7 @@ def test_a_smile_deepens_the_nasolabial_folds_and_a_frown_lines_the_glabella(hop
 @pytest.fixture(scope="module")
 def driver_face(other_face) -> DriverView:
     """A real face (not the avatar's) with its landmarks, as the pipeline lends it."""
-    mesh = MediaPipeLandmarks(MediaPipeTrackingConfig(), static_images=True)
-    try:
-        found = mesh.detect(other_face, 0.0, 0)
-    finally:
-        mesh.close()
-    assert found is not None
-    return DriverView(other_face, found.points)
+    return driver_view(other_face)
 
 
 BROW_TOPS = [70, 63, 105, 66, 107, 336, 296, 334, 293, 300]  # right to left

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import person_sweep
+from conftest import driver_view, person_sweep
 
 from daemon.config import MeshGeneratorConfig
 from daemon.demo import scripted_motion
@@ -173,18 +173,11 @@ def test_skin_folds_and_driver_detail_match_the_cpu_generator(hopper, other_face
     """Cheek rise, fold shading and the driver's wrinkles (skin_detail: driver): the same
     frames on both, over a neutral driver frame, then a smile and a frown with creases drawn
     on the driver's forehead."""
-    from daemon.config import MediaPipeTrackingConfig
     from engines.facegeom import eye_distance
     from engines.generator.interface import DriverView
-    from engines.landmarks.mediapipe_cpu import MediaPipeLandmarks
 
-    mesh = MediaPipeLandmarks(MediaPipeTrackingConfig(), static_images=True)
-    try:
-        found = mesh.detect(other_face, 0.0, 0)
-    finally:
-        mesh.close()
-    assert found is not None
-    neutral = DriverView(other_face, found.points)
+    neutral = driver_view(other_face)
+    found = neutral
     creased = other_face.copy()
     unit = eye_distance(found.points)
     for above in (0.05, 0.11):
