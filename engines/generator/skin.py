@@ -383,6 +383,7 @@ class DriverDetail:
     last: np.ndarray | None = field(default=None, repr=False)
     forget_requested: bool = False
     frames_seen: int = 0
+    weight: np.ndarray | None = field(default=None, repr=False)  # see update
 
     def reset(self) -> None:
         self.neutral, self.neutral_frames, self.last, self.frames_seen = None, 0, None, 0
@@ -430,15 +431,17 @@ class DriverDetail:
                 self.neutral = detail
             else:
                 self.neutral += (detail - self.neutral) / self.neutral_frames
+            # where the neutral itself has strong edges (glasses, moles, nostrils) the
+            # detail fades: the mask times that, kept until the neutral next changes
+            self.weight = self.mask / (1.0 + (self.neutral / STATIC_EDGE) ** 2)
         if self.neutral is None:
             return None
         facing = _facing(motion)
         if facing <= 0.0:
             self.last = None
             return None
-        static = 1.0 / (1.0 + (self.neutral / STATIC_EDGE) ** 2)
         ratio = np.clip(detail - self.neutral, -DETAIL_LIMIT, DETAIL_LIMIT)
-        ratio *= self.mask * static * facing
+        ratio *= self.weight * facing
         if self.last is not None:
             ratio = self.last + DETAIL_EASE * (ratio - self.last)
         self.last = ratio
