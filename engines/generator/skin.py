@@ -402,14 +402,15 @@ class DriverDetail:
         x0, y0 = np.maximum(low, 0)
         x1, y1 = min(high[0], driver.image.shape[1]), min(high[1], driver.image.shape[0])
         crop = driver.image[y0:y1, x0:x1]
+        # grey before shrinking: area-averaging one channel, not three, was most of the cost
+        grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
         # about skin space's own scale first (area-averaged: no aliasing), then the warp
         shrink = min(1.0, 1.25 * SKIN_WIDTH / max(float(np.ptp(points[:, 0])), 1.0))
-        small = cv2.resize(crop, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
-        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+        small = cv2.resize(grey, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
         source = (points - (x0, y0) + 0.5) * shrink - 0.5
         affines, _ = triangle_affines(self.space.triangles, self.space.points, source)
         map_x, map_y = maps_from_ids(self.space.ids, affines, 0.0, 0.0)
-        warped = cv2.remap(grey, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        warped = cv2.remap(small, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         return band_pass(warped, self.space.unit)
 
     def update(self, motion: Motion, driver: DriverView | None) -> np.ndarray | None:
@@ -424,8 +425,12 @@ class DriverDetail:
         self.frames_seen += 1
         if self.last is not None and self.frames_seen % DETAIL_EVERY:
             return self.last  # wrinkles come and go over a tenth of a second or more
+        learns = near_neutral(motion)
+        if not learns and (self.neutral is None or _facing(motion) <= 0.0):
+            self.last = None  # no detail to show: the warp would be thrown away
+            return None
         detail = self.warp_driver(driver)
-        if near_neutral(motion):
+        if learns:
             self.neutral_frames = min(self.neutral_frames + 1, NEUTRAL_FRAMES)
             if self.neutral is None:
                 self.neutral = detail
