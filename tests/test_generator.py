@@ -317,6 +317,27 @@ def test_a_slide_moves_the_body_with_the_head_and_not_the_background(hopper, shi
     assert np.array_equal(moved[~near], gen.still[~near])
 
 
+def test_the_roi_holds_every_moved_vertex_now_and_at_rest(hopper):
+    """roi() keeps what it needs of the rest mesh from the start (the moving vertices, their
+    rest box): frame after frame, a turn then a slide then a turn again, its box is the one
+    worked out afresh from the moving triangles, and every vertex that moved lies inside it
+    where it is now and where it was at rest (in the frame)."""
+    gen = generator(hopper, (256, 300))
+    rest = gen.to_work(gen.rest)
+    for motion in (Motion(yaw=20.0), Motion(shift=(0.4, 0.1), scale=1.1), Motion(pitch=-15.0)):
+        dest = gen.to_work(gen.deform(motion))
+        moved = np.abs(dest[:, :2] - rest[:, :2]).max(1) > 1e-3
+        body_moved = moved[gen.body_ids].any()
+        used = np.unique(gen.body_moving if body_moved else gen.moving)
+        points = np.vstack([dest[used, :2], rest[used, :2]])
+        roi = gen.roi(dest)
+        assert roi == Roi.around(points, 2.0, *gen.work_size), motion
+        seen = np.vstack([dest[moved, :2], rest[moved, :2]])
+        seen = seen[((seen >= 0) & (seen < gen.work_size)).all(1)]  # the ROI is in the frame
+        assert len(seen) > 100
+        assert (seen >= (roi.x0, roi.y0)).all() and (seen < (roi.x1, roi.y1)).all(), motion
+
+
 # ---------------------------------------------------------------- 3. no folded triangles
 
 

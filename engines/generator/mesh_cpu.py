@@ -1133,6 +1133,13 @@ class MeshGenerator:
         self.body_moving = triangles[follows[triangles].any(1)]  # ... and with the body
         # Vertices that only the head's translation and scale move: they say when it did.
         self.body_ids = np.flatnonzero((self.mesh.body > 0) & (self.mesh.rigidity == 0))
+        # roi()'s fixed parts, worked out once (np.unique and the rest box on every frame
+        # were a twentieth of the generator's time)
+        self.body_rest_work = self.to_work(self.rest[self.body_ids, :2])
+        self.roi_vertices = {
+            moved: self._rest_box(np.unique(used))
+            for moved, used in ((False, self.moving), (True, self.body_moving))
+        }
         self.face_triangles = self.mesh.triangles[(self.mesh.triangles < N_FACE).all(1)]
         # Folds are looked for in all but the slivers (the lip corners crowd vertices into
         # triangles of ~0.2% of a median one): a sliver turned over shows nothing, yet undoing
@@ -1335,14 +1342,18 @@ class MeshGenerator:
             out[:, 2] *= kx
         return out
 
+    def _rest_box(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """These vertices, and the corners (2, 2) of the box around them at rest (working
+        pixels): what roi() needs of them besides their current positions."""
+        rest = self.to_work(self.rest[ids, :2])
+        return ids, np.vstack([rest.min(0), rest.max(0)])
+
     def roi(self, dest: np.ndarray) -> Roi:
         """The working-resolution box where anything moves (for dest, in working pixels):
         the head always, the body where the head's translation or scale moved it."""
-        rest = self.to_work(self.rest[self.body_ids, :2])
-        body_moved = np.abs(dest[self.body_ids, :2] - rest).max(initial=0.0) > 1e-3
-        used = np.unique(self.body_moving if body_moved else self.moving)
-        points = np.vstack([dest[used, :2], self.to_work(self.rest[used, :2])])
-        return Roi.around(points, 2.0, *self.work_size)
+        body_moved = np.abs(dest[self.body_ids, :2] - self.body_rest_work).max(initial=0.0) > 1e-3
+        used, rest_box = self.roi_vertices[bool(body_moved)]
+        return Roi.around(np.vstack([dest[used, :2], rest_box]), 2.0, *self.work_size)
 
     def output_box(self, roi: Roi) -> tuple[Roi, list[list[float]]]:
         """The output pixels whose samples lie inside a working-resolution ROI, and the
