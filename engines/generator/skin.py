@@ -515,5 +515,7 @@ def apply_shading(
     sx, sy = space.to_skin(map_x[box], map_y[box])
     log = cv2.remap(shading, sx, sy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     ratio = np.exp(log)
-    colour = person[box][:, :, :3].astype(np.float32) * ratio[:, :, None]
-    person[box][:, :, :3] = np.clip(colour + 0.5, 0, 255).astype(np.uint8)
+    # the colour taken out contiguous (OpenCV's own copy, fast), not as the strided BGR view
+    colour = cv2.cvtColor(person[box], cv2.COLOR_BGRA2BGR) * ratio[:, :, None]
+    colour += 0.5  # then rounded: never below 0 (a ratio is positive), so only capped
+    person[box][:, :, :3] = np.minimum(colour, 255.0).astype(np.uint8)
