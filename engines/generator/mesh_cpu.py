@@ -53,7 +53,7 @@ from engines.generator.skin import (
     cheek_weights,
     face_box,
 )
-from engines.generator.warp import Roi, signed_areas, warp_image, warp_maps
+from engines.generator.warp import Roi, signed_areas, source_maps, warp_image
 from engines.motion.estimator import Motion
 
 EYES = (  # (upper margin, lower margin, crease, iris landmark): the subject's right, left
@@ -1421,7 +1421,7 @@ class MeshGenerator:
         dest = self.to_work(self.last_dest)
         unit = self.unit * self.work_per_output[0]
         roi = self.roi(dest)
-        map_x, map_y, _ = warp_maps(
+        map_x, map_y = source_maps(
             self.mesh.triangles,
             dest[:, :2],
             self.source,

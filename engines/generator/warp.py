@@ -66,7 +66,10 @@ def triangle_affines(
     affines = np.empty((len(triangles), 2, 3))
     affines[:, :, 0] = (f1 * e2[:, 1:] - f2 * e1[:, 1:]) * inv_det
     affines[:, :, 1] = (f2 * e1[:, :1] - f1 * e2[:, :1]) * inv_det
-    affines[:, :, 2] = s[:, 0] - np.einsum("tij,tj->ti", affines[:, :, :2], d[:, 0])
+    # the translation, s0 − A·d0, written out (einsum over a 2-vector per triangle was
+    # slower than the rest of this function together)
+    x0, y0 = d[:, 0, :1], d[:, 0, 1:]
+    affines[:, :, 2] = s[:, 0] - (affines[:, :, 0] * x0 + affines[:, :, 1] * y0)
     return affines, valid
 
 
@@ -79,15 +82,14 @@ def signed_areas(triangles: np.ndarray, points: np.ndarray) -> np.ndarray:
 def within(triangles: np.ndarray, dest: np.ndarray, roi: Roi, order: np.ndarray) -> np.ndarray:
     """`order` less the triangles wholly outside the ROI (a mesh reaching past the image,
     or a body grid around a small moving head, has many): each costs a polygon fill."""
-    corners = dest[triangles[order], :2]
-    low, high = corners.min(1), corners.max(1)
-    overlaps = (
-        (high[:, 0] >= roi.x0 - 1)
-        & (low[:, 0] <= roi.x1)
-        & (high[:, 1] >= roi.y0 - 1)
-        & (low[:, 1] <= roi.y1)
-    )
-    return order[overlaps]
+    # per axis, the corners' extremes as element-wise min/max of three columns (min/max
+    # along an axis of length 3 cost numpy several times more)
+    overlaps = np.ones(len(triangles), bool)
+    for axis, (start, end) in enumerate(((roi.x0, roi.x1), (roi.y0, roi.y1))):
+        a, b, c = (dest[triangles[:, k], axis] for k in range(3))
+        overlaps &= np.maximum(np.maximum(a, b), c) >= start - 1
+        overlaps &= np.minimum(np.minimum(a, b), c) <= end
+    return order[overlaps[order]]
 
 
 def rasterize_ids(
@@ -120,6 +122,35 @@ def warp_maps(
     `depth` (V,) orders the triangles: larger = farther, drawn first. With scale > 1 the
     maps are computed at 1/scale resolution and interpolated up (they are piecewise linear).
     """
+    map_x, map_y, covered = _maps_and_cover(triangles, dest, source, roi, depth, scale)
+    if scale > 1:
+        covered = _upsample(covered.astype(np.uint8), scale, roi, linear=False) > 0
+    return map_x, map_y, covered
+
+
+def source_maps(
+    triangles: np.ndarray,
+    dest: np.ndarray,
+    source: np.ndarray,
+    roi: Roi,
+    depth: np.ndarray | None = None,
+    scale: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """warp_maps' (map_x, map_y) alone, for a caller whose source carries its own alpha
+    (the generator's frame): the covered mask's upsampling is skipped."""
+    map_x, map_y, _ = _maps_and_cover(triangles, dest, source, roi, depth, scale)
+    return map_x, map_y
+
+
+def _maps_and_cover(
+    triangles: np.ndarray,
+    dest: np.ndarray,
+    source: np.ndarray,
+    roi: Roi,
+    depth: np.ndarray | None,
+    scale: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """warp_maps' maps (at full resolution) and its covered mask at 1/scale resolution."""
     affines, valid = triangle_affines(triangles, dest, source)
     if depth is None:
         order = np.flatnonzero(valid)
@@ -138,7 +169,6 @@ def warp_maps(
     if scale > 1:
         map_x = _upsample(map_x, scale, roi, linear=True)
         map_y = _upsample(map_y, scale, roi, linear=True)
-        covered = _upsample(covered.astype(np.uint8), scale, roi, linear=False) > 0
     return map_x, map_y, covered
 
 
