@@ -1400,19 +1400,21 @@ class MeshGenerator:
             borderMode=cv2.BORDER_REPLICATE,
         )
 
-    def _to_output(self, patch: np.ndarray, roi: Roi) -> tuple[Roi, np.ndarray]:
-        """Scale a working-resolution patch up to the output (see output_box)."""
+    def _paste_output(self, patch: np.ndarray, roi: Roi, frame: np.ndarray) -> None:
+        """Scale a working-resolution patch up into its place in the output frame (in place;
+        see output_box): the warp writes there itself, no scaled-up copy to paste."""
         if self.work_per_output == (1.0, 1.0):
-            return roi, patch
+            frame[roi.slices] = patch
+            return
         out, inverse = self.output_box(roi)
-        up = cv2.warpAffine(
+        cv2.warpAffine(
             patch,
             np.float32(inverse),
             (out.width, out.height),
+            dst=frame[out.slices],
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,
         )
-        return out, up
 
     # ------------------------------------------------------------ rendering
 
@@ -1463,9 +1465,8 @@ class MeshGenerator:
         if mouth is not None:
             mouth.paint(person)
         patch = _blend(self.background[roi.slices], *_colour_and_alpha(person))
-        out_roi, patch = self._to_output(patch, roi)
         frame = self.still.copy()
-        frame[out_roi.slices] = patch
+        self._paste_output(patch, roi, frame)
         return frame
 
     def mouth_layer(

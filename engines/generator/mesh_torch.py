@@ -276,7 +276,7 @@ class TorchMeshGenerator(MeshGenerator):
         paint_over(person[:, y0 : y0 + height, x0 : x0 + width], box, mask)
 
     def _patch_to_output(self, patch: torch.Tensor, roi: Roi) -> tuple[Roi, torch.Tensor]:
-        """The working-resolution patch scaled up as MeshGenerator._to_output scales it."""
+        """The working-resolution patch scaled up as MeshGenerator._paste_output scales it."""
         if self.work_per_output == (1.0, 1.0):
             return roi, patch
         out, inverse = self.output_box(roi)
