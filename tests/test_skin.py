@@ -15,6 +15,7 @@ from engines.generator.config import MeshGeneratorConfig
 from engines.generator.interface import DriverView
 from engines.generator.mesh_cpu import MeshGenerator
 from engines.generator.skin import DriverDetail, SkinSpace, skin_mask
+from engines.generator.warp import maps_from_ids, triangle_affines
 from engines.motion.estimator import Motion
 
 CHEEKS = ((50, 101, 118, 205), (280, 330, 347, 425))  # the malar area, right then left
@@ -215,3 +216,26 @@ def test_the_skin_mask_leaves_out_eyes_and_lips(hopper):
             else (np.round(points[landmark, :2] * space.scale - space.origin).astype(int))
         )
         assert bool(mask[y, x] > 0.5) == inside, landmark
+
+
+def test_skin_space_maps_are_its_triangles_affines_wherever_the_face_moves(hopper):
+    """SkinSpace keeps each pixel's mix of its triangle's corners from the rest face; for a
+    face that has since moved (turned, stretched, one cheek pulled) its maps are still the
+    ones the moved triangles' own affines give, and off the face they point outside."""
+    points = hopper.points
+    triangles = MeshGenerator(MeshGeneratorConfig(), hopper, 64, 64).face_triangles
+    space = SkinSpace.build(points, eye_distance(points), triangles, points[:, 2])
+    rng = np.random.default_rng(3)
+    stretch = np.array([[0.7, 0.2], [-0.1, 1.3]])
+    for moved in (
+        space.points @ stretch.T + (40.0, -12.0),
+        space.points * 2.5 + rng.normal(0.0, 1.5, space.points.shape),
+    ):
+        map_x, map_y = space.maps_to(moved)
+        affines, _ = triangle_affines(space.triangles, space.points, moved)
+        want_x, want_y = maps_from_ids(space.ids, affines, 0.0, 0.0)
+        face = space.ids > 0
+        assert face.mean() > 0.3
+        error = np.maximum(np.abs(map_x - want_x), np.abs(map_y - want_y))
+        assert error[face].max() < 1e-3, error[face].max()
+        assert (map_x[~face] == -1).all() and (map_y[~face] == -1).all()

@@ -44,7 +44,7 @@ from engines.facegeom import (
     RIGHT_EYE_UPPER,
 )
 from engines.generator.interface import DriverView
-from engines.generator.warp import Roi, maps_from_ids, rasterize_ids, triangle_affines
+from engines.generator.warp import Roi, rasterize_ids
 from engines.motion.estimator import Motion
 
 # ---------------------------------------------------------------- how far the expression goes
@@ -183,8 +183,9 @@ SKIN_MARGIN = 0.15  # around the face's landmarks, eye distances
 @dataclass(frozen=True, slots=True)
 class SkinSpace:
     """The avatar's rest face at low resolution: avatar pixels · scale − origin. The face's
-    triangles are rasterised here once (the rest geometry never changes), so warping a driver
-    frame into it costs only the per-triangle affines and one remap."""
+    triangles are rasterised here once (the rest geometry never changes), and each pixel
+    written as the mix of its triangle's corners, so warping a driver frame into it costs
+    one sparse product and one remap."""
 
     scale: float
     origin: np.ndarray  # (2,)
@@ -193,6 +194,8 @@ class SkinSpace:
     unit: float  # the avatar's eye distance in skin pixels
     triangles: np.ndarray  # face triangles
     ids: np.ndarray  # 1 + the triangle at each skin pixel (0: none)
+    mixes: sparse.csr_matrix  # (pixels, N_FACE): each pixel's barycentric weights
+    outside: np.ndarray  # float32 (H, W): −1 where no triangle lies, else 0
 
     @classmethod
     def build(
@@ -208,7 +211,22 @@ class SkinSpace:
         skin = face * scale - origin
         order = np.argsort(-depth[triangles].mean(1), kind="stable")
         ids = rasterize_ids(triangles, skin, Roi(0, 0, width, height), order)
-        return cls(scale, origin, (width, height), skin, unit * scale, triangles, ids)
+        mixes = barycentric_mixes(ids, triangles, skin)
+        outside = np.where(ids == 0, -1.0, 0.0).astype(np.float32)
+        return cls(
+            scale, origin, (width, height), skin, unit * scale, triangles, ids, mixes, outside
+        )
+
+    def maps_to(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(map_x, map_y) from skin space into an image whose face landmarks lie at `source`
+        (N_FACE, 2): each pixel the same mix of its triangle's corners there as here, the
+        same maps as its triangle's affine gives (per-triangle affines and a lookup per
+        pixel took twice as long). Outside the face they point outside the image (−1)."""
+        moved = self.mixes @ np.asarray(source, np.float64)
+        height, width = self.ids.shape
+        map_x = moved[:, 0].reshape(height, width).astype(np.float32) + self.outside
+        map_y = moved[:, 1].reshape(height, width).astype(np.float32) + self.outside
+        return map_x, map_y
 
     def polygon_mask(self, ids: list[int], grow: float = 0.0) -> np.ndarray:
         """float32 0..1: the polygon through these landmarks, grown by `grow` eye distances."""
@@ -226,6 +244,28 @@ class SkinSpace:
             map_x * np.float32(self.scale) - np.float32(self.origin[0]),
             map_y * np.float32(self.scale) - np.float32(self.origin[1]),
         )
+
+
+def barycentric_mixes(
+    ids: np.ndarray, triangles: np.ndarray, points: np.ndarray
+) -> sparse.csr_matrix:
+    """(pixels, points) weights: each pixel of an id image (rasterize_ids, 0: none) as the
+    barycentric mix of its triangle's corners (outside the triangle, at its drawn edge, the
+    same extrapolation its affine makes); pixels with no triangle get an empty row."""
+    height, width = ids.shape
+    ys, xs = np.nonzero(ids)
+    corners = triangles[ids[ys, xs] - 1]  # (P, 3)
+    a, b, c = (points[corners[:, k]].astype(np.float64) for k in range(3))
+    e1, e2 = b - a, c - a
+    offset = np.column_stack([xs, ys]) - a
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    det = np.where(np.abs(det) > 1e-12, det, 1.0)  # a degenerate triangle draws no pixel
+    w1 = (offset[:, 0] * e2[:, 1] - offset[:, 1] * e2[:, 0]) / det
+    w2 = (e1[:, 0] * offset[:, 1] - e1[:, 1] * offset[:, 0]) / det
+    weights = np.column_stack([1.0 - w1 - w2, w1, w2])
+    rows = np.repeat(ys * width + xs, 3)
+    shape = (height * width, len(points))
+    return sparse.csr_matrix((weights.ravel(), (rows, corners.ravel())), shape=shape)
 
 
 BROWS = (  # each brow's hair, upper edge then lower edge back
@@ -408,8 +448,7 @@ class DriverDetail:
         shrink = min(1.0, 1.25 * SKIN_WIDTH / max(float(np.ptp(points[:, 0])), 1.0))
         small = cv2.resize(grey, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
         source = (points - (x0, y0) + 0.5) * shrink - 0.5
-        affines, _ = triangle_affines(self.space.triangles, self.space.points, source)
-        map_x, map_y = maps_from_ids(self.space.ids, affines, 0.0, 0.0)
+        map_x, map_y = self.space.maps_to(source)
         warped = cv2.remap(small, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         return band_pass(warped, self.space.unit)
 
