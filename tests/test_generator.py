@@ -1041,6 +1041,18 @@ def test_a_half_blink_shuts_both_lids_and_a_narrowed_eye_alone_is_no_wink():
     assert lid_closures(lids, (0.45, 0.95), 0.0)[0] == 1.0  # held: hysteresis
 
 
+def test_a_blink_the_tracker_reads_unevenly_shuts_both_lids():
+    """One eye read under the closing threshold and the other just above it, both together
+    under it, is a blink of both (seen 0.43 and 0.56 of open on a dev clip, a blink as the
+    eval counts it: it used to shut neither lid). An open other eye still leaves a wink or a
+    narrowed eye alone."""
+    lids = [LidState(), LidState()]
+    assert lid_closures(lids, (0.43, 0.56), 0.0) == [1.0, 1.0]
+    assert all(lid.closed for lid in lids)
+    lids = [LidState(), LidState()]
+    assert lid_closures(lids, (0.2, 0.8), 0.0)[1] < 1.0  # a wink: the other stays open
+
+
 def test_the_opening_painted_is_what_the_lids_leave_open():
     """The eye is painted only where the upper lid is above the lower: a shut lid that
     crossed the lower one is skin there (painted over, its lash line showed in pieces), and

@@ -306,6 +306,10 @@ def lid_closures(
     was_shut = [lid.closed for lid in lids]
     closures = [lid.closure(e, expected) for lid, e in zip(lids, eye_open, strict=True)]
     shut = [lid.closed for lid in lids]
+    if shut[0] != shut[1] and _blink_read_unevenly(eye_open, expected, shut.index(True)):
+        for lid in lids:
+            lid.closed = True
+        return [1.0, 1.0]
     if shut[0] != shut[1]:
         alone = shut.index(True)
         winks = was_shut[alone] or eye_open[alone] / expected < WINK_BELOW
@@ -319,6 +323,17 @@ def lid_closures(
         mean = (closures[0] + closures[1]) / 2
         closures = [c + LIDS_ALIKE * (mean - c) for c in closures]
     return [c if shut[i] or follow <= 0.0 else max(c, follow) for i, c in enumerate(closures)]
+
+
+def _blink_read_unevenly(eye_open: Sequence[float], expected: float, alone: int) -> bool:
+    """Whether one eye read shut while the other is not clearly open is a blink of both: the
+    two eyes read together under the closing threshold. The tracker reads the two eyes of a
+    blink unevenly (one under half open, the other just over it: a blink as the eval counts
+    blinks, on the mean of both), and the rule for a wink that is none left both lids short
+    of shut: no blink at all."""
+    if eye_open[1 - alone] / expected >= WINK_OTHER_OPEN:
+        return False  # the other eye is open: a wink, or a far eye narrowed by a turn
+    return (eye_open[0] + eye_open[1]) / 2 / expected < LidState.CLOSE_BELOW
 
 
 @dataclass(frozen=True, slots=True)
