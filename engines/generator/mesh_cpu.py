@@ -108,6 +108,7 @@ SKIN_DETAIL_FULL = 6.0  # grey levels of fine skin texture (a photo's) for full-
 LASH_LINE = 0.08  # a shut lid's lash line, thickness per eye width
 LID_SKIN = 0.6  # a shut lid's colour: this share the skin under the eye, the rest its own
 SHUT_FROM = 0.5  # lid closure from which the shut lid's own skin fades in
+MIN_OPENING = 0.5  # pixels: an eye whose lids are nowhere further apart shows none of it
 GAZE_LOWERS_LIDS = 4.0  # upper lid closure per eye width the iris looks down (up to the max)
 MAX_GAZE_LOWERING = 0.35
 WINK_OTHER_OPEN = 0.75  # one eye shuts alone only while the other reads this open
@@ -312,6 +313,10 @@ def lid_closures(
     was_shut = [lid.closed for lid in lids]
     closures = [lid.closure(e, expected) for lid, e in zip(lids, eye_open, strict=True)]
     shut = [lid.closed for lid in lids]
+    if shut[0] != shut[1] and _blink_read_unevenly(eye_open, expected, shut.index(True)):
+        for lid in lids:
+            lid.closed = True
+        return [1.0, 1.0]
     if shut[0] != shut[1]:
         alone = shut.index(True)
         winks = was_shut[alone] or eye_open[alone] / expected < WINK_BELOW
@@ -325,6 +330,17 @@ def lid_closures(
         mean = (closures[0] + closures[1]) / 2
         closures = [c + LIDS_ALIKE * (mean - c) for c in closures]
     return [c if shut[i] or follow <= 0.0 else max(c, follow) for i, c in enumerate(closures)]
+
+
+def _blink_read_unevenly(eye_open: Sequence[float], expected: float, alone: int) -> bool:
+    """Whether one eye read shut while the other is not clearly open is a blink of both: the
+    two eyes read together under the closing threshold. The tracker reads the two eyes of a
+    blink unevenly (one under half open, the other just over it: a blink as the eval counts
+    blinks, on the mean of both), and the rule for a wink that is none left both lids short
+    of shut: no blink at all."""
+    if eye_open[1 - alone] / expected >= WINK_OTHER_OPEN:
+        return False  # the other eye is open: a wink, or a far eye narrowed by a turn
+    return (eye_open[0] + eye_open[1]) / 2 / expected < LidState.CLOSE_BELOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,6 +491,25 @@ def _lash_colour(image: np.ndarray, margin: np.ndarray, width: float) -> np.ndar
         return np.zeros(3, np.uint8)
     darkest = pixels[np.argsort(pixels.sum(1))[: max(1, len(pixels) // 10)]]
     return np.round(darkest.mean(0)).astype(np.uint8)
+
+
+def eye_opening(upper: np.ndarray, lower: np.ndarray) -> np.ndarray | None:
+    """The polygon of what is left open of an eye (None: nothing, the lids meet or cross
+    all along): the upper margin (corner to corner), then the lower one back, with the upper
+    kept from going below the lower. Where a shutting lid has crossed the lower one its skin
+    covers the eye: painted there, the eye (the shut lid's skin sampled at the eye's own
+    place) hid the lash line in pieces, worst on a smile or a head turn, whose lower lid rises
+    past the shut upper one."""
+    order = np.argsort(lower[:, 0])
+    floor = np.interp(upper[:, 0], lower[order, 0], lower[order, 1])
+    order_up = np.argsort(upper[:, 0])
+    ceiling = np.interp(lower[:, 0], upper[order_up, 0], upper[order_up, 1])
+    gap = max(float((floor - upper[:, 1]).max()), float((lower[:, 1] - ceiling).max()))
+    if gap < MIN_OPENING:
+        return None
+    kept = upper.copy()
+    kept[:, 1] = np.minimum(upper[:, 1], floor)
+    return np.vstack([kept, lower[-2:0:-1]])
 
 
 def shut_weight(closure: float) -> float:
@@ -1718,7 +1753,9 @@ class MeshGenerator:
     ) -> None:
         """`shut`: how far the eye shows the shut lid's skin (what a lid not quite down over
         it still leaves: no sliver of iris under a shut lid)."""
-        polygon = np.vstack([upper, lower[-2:0:-1]])
+        polygon = eye_opening(upper, lower)
+        if polygon is None:
+            return
         (x0, y0) = np.floor(polygon.min(0)).astype(int) - 1
         (x1, y1) = np.ceil(polygon.max(0)).astype(int) + 2
         x0, y0 = max(x0, 0), max(y0, 0)
