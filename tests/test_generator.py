@@ -64,6 +64,7 @@ from engines.generator.mesh import build_mesh
 from engines.generator.mesh_cpu import (
     EYES,
     MOUTH_CORNERS,
+    UPPER_EDGES,
     LidState,
     MeshGenerator,
     MouthColours,
@@ -904,6 +905,31 @@ def test_a_closed_mouths_cavity_is_dark_right_up_to_the_lower_lip(hopper):
     )
     cavity = float(cv2.cvtColor(np.uint8([[gen.mouth_colours.cavity]]), cv2.COLOR_BGR2GRAY)[0, 0])
     assert inside < 1.35 * cavity, (inside, cavity)  # seen 34 against 29
+
+
+def test_a_small_opening_shows_dark_between_the_upper_teeth_and_the_lower_lip(hopper):
+    """Opened less than the upper teeth reach below the lip, the mouth still shows a dark
+    band above the lower lip: teeth down to the lower lip read to the face tracker as the
+    lips meeting (with the band, a statue-grey photo's mouth_r over five clips rose 0.78 →
+    0.81). Before: the teeth's grey there (0.92 of theirs higher up)."""
+    gen = generator(hopper, TRACK_SIZE)
+    grey = cv2.cvtColor(gen.render(Motion(mouth_open=0.1)), cv2.COLOR_BGR2GRAY).astype(float)
+    xs, top, bottom = opening_columns(gen, 0.3)
+
+    def band(start: float, end: float) -> float:
+        """Mean grey between these shares of the opening, down from the upper lip."""
+        return float(
+            np.mean(
+                [
+                    grey[int(t + start * (b - t)) : int(t + end * (b - t)) + 1, x].mean()
+                    for x, t, b in zip(xs, top, bottom, strict=True)
+                ]
+            )
+        )
+
+    teeth, above_lip = band(0.25, 0.5), band(0.75, 0.92)
+    assert np.median(bottom - top) < UPPER_EDGES[0] * gen.unit  # less than the teeth show
+    assert above_lip < 0.5 * teeth, (above_lip, teeth)  # seen 42 against 151
 
 
 def count_dips(profile: np.ndarray, reach: int, depth: float) -> int:

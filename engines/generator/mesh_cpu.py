@@ -102,6 +102,7 @@ JAW_TEETH_TRAVEL = 0.85  # the lower teeth drop this share of the lower lip's dr
 LOWER_ROW_SHADE = 0.8  # the lower row lies in the upper lip's and upper row's shadow
 LIP_SHADOW = 0.02  # eye distances under the lip's edge that the teeth lie in its shadow
 LIP_SHADOW_DEPTH = 0.35  # ... this much darker at the edge
+UPPER_CLEAR = 0.3  # share of the opening above the lower lip the upper teeth leave dark
 TRANSLUCENT = np.array([0.72, 0.68, 0.64])  # a tooth's translucent edge: its colour times
 # this (BGR: a cool grey, the dark cavity seen through it)
 TEETH_LIGHT = (0.35, 52.0)  # the teeth's L* from the skin's: lighter, less spread
@@ -742,7 +743,9 @@ def synthetic_mouth(
     cv2.fillPoly(mask, [np.round((polygon - origin) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
     if rows:
         inside = cv2.distanceTransform((mask >= 128).astype(np.uint8), cv2.DIST_L2, 3)[..., None]
-        box = _draw_rows(box, rows, origin, np.exp(-inside / max(LIP_SHADOW * unit, 0.5)))
+        lip_shadow = np.exp(-inside / max(LIP_SHADOW * unit, 0.5))
+        clear = _above_lower_lip(box.shape[:2], upper - origin, lower - origin, unit)
+        box = _draw_rows(box, rows, origin, lip_shadow, clear)
     fade = float(np.clip((gap - 0.015 * unit) / (0.035 * unit), 0.0, 1.0))
     if fade < 1.0:
         mask = (mask * fade).astype(np.uint8)
@@ -787,21 +790,40 @@ def _draw_tongue(
     part += cover * (colour - part)
 
 
+def _above_lower_lip(
+    shape: tuple[int, int], upper: np.ndarray, lower: np.ndarray, unit: float
+) -> np.ndarray:
+    """(h, w, 1) 1 where the upper teeth may show, fading to 0 over a band of the opening
+    just above the lower lip (box pixels): teeth that reach down to the lower lip read to a
+    face tracker as the lips meeting, a dark band above it as the mouth open."""
+    height, width = shape
+    xs = np.arange(width, dtype=np.float64)
+    top = np.interp(xs, *_by_x(upper))
+    bottom = np.interp(xs, *_by_x(lower))
+    gap = np.maximum(bottom - top, 0.0)
+    room = bottom - UPPER_CLEAR * gap  # the teeth may reach down to here
+    soft = np.maximum(0.25 * UPPER_CLEAR * gap, max(LIP_SHADOW * unit, 0.7))
+    ys = np.arange(height, dtype=np.float64)[:, None]
+    return np.clip((room - ys) / soft + 0.5, 0.0, 1.0).astype(np.float32)[..., None]
+
+
 def _draw_rows(
     box: np.ndarray,
     rows: Sequence[tuple[TeethRow, np.ndarray]],
     origin: np.ndarray,
     lip_shadow: np.ndarray,
+    clear: np.ndarray,
 ) -> np.ndarray:
     """The rows of teeth over the cavity `box` (float BGR), each moved by its matrix; the
-    upper row's parts just under the lips' edge (`lip_shadow` 1 there) in the lip's shadow."""
+    upper row's parts just under the lips' edge (`lip_shadow` 1 there) in the lip's shadow,
+    the upper row only where `clear` (see _above_lower_lip) lets it show."""
     height, width = box.shape[:2]
     shaded = np.zeros((height, width, 1), np.float32)
     for row, matrix in rows:
         to_box = np.array(matrix, np.float64)
         to_box[:, 2] -= origin
         layer = row.placed(to_box, (width, height))
-        alpha = layer[:, :, 3:]
+        alpha = layer[:, :, 3:] * clear if row.under_lip else layer[:, :, 3:]
         box = box + alpha * (layer[:, :, :3] - box)
         shaded = shaded + (alpha * (1.0 - shaded) if row.under_lip else -alpha * shaded)
     return box * (1.0 - LIP_SHADOW_DEPTH * shaded * lip_shadow)
