@@ -64,6 +64,7 @@ from engines.generator.mesh import build_mesh
 from engines.generator.mesh_cpu import (
     EYES,
     MOUTH_CORNERS,
+    UPPER_EDGES,
     LidState,
     MeshGenerator,
     MouthColours,
@@ -884,13 +885,18 @@ def bright_in_opening(frame: np.ndarray, gen: MeshGenerator) -> np.ndarray:
 
 
 def upper_teeth_height(frame: np.ndarray, gen: MeshGenerator) -> float:
-    """The median height (pixels) of the bright pixels in the upper half of the opening over
-    its middle half of columns: the upper row's visible band."""
+    """The median height (pixels) of the first bright run down from the upper lip over the
+    opening's middle half of columns: the upper row's visible band (whatever shows of the
+    lower row lies below the dark between the rows)."""
     bright = bright_in_opening(frame, gen)
     xs, top, bottom = opening_columns(gen, 0.5)
-    rows = np.arange(frame.shape[0])[:, None]
-    upper_half = (rows >= top[None, :]) & (rows <= (top + bottom)[None, :] / 2)
-    return float(np.median((bright[:, xs] & upper_half).sum(0)))
+    runs = []
+    for x, t, b in zip(xs, top, bottom, strict=True):
+        column = bright[int(t) : int(b) + 1, x]
+        start = int(np.argmax(column))
+        run = np.flatnonzero(~column[start:])
+        runs.append((run[0] if len(run) else len(column) - start) if column.any() else 0)
+    return float(np.median(runs))
 
 
 def test_a_closed_mouths_upper_teeth_ride_on_the_skull(hopper):
@@ -904,6 +910,48 @@ def test_a_closed_mouths_upper_teeth_ride_on_the_skull(hopper):
         heights.append(upper_teeth_height(gen.render(Motion(mouth_open=opening)), gen))
     assert heights[0] > 0.03 * gen.unit, heights  # the teeth do show
     assert abs(heights[1] / heights[0] - 1.0) <= 0.15, heights
+
+
+def test_a_closed_mouths_cavity_is_dark_right_up_to_the_lower_lip(hopper):
+    """Just inside the lower lip the opening is as dark as the cavity: a lip-coloured rim
+    there read to the face tracker as more lip, the mouth as less open (mouth_r 0.55 → 0.67
+    on a statue-grey photo's head-turn clip without it). Before: 1.56× the cavity's grey."""
+    gen = generator(hopper, TRACK_SIZE)
+    grey = cv2.cvtColor(gen.render(Motion(mouth_open=0.3)), cv2.COLOR_BGR2GRAY).astype(float)
+    xs, _, bottom = opening_columns(gen, 0.3)
+    inside = np.mean(
+        [
+            grey[int(b - 0.04 * gen.unit) : int(b - 0.015 * gen.unit) + 1, x].mean()
+            for x, b in zip(xs, bottom, strict=True)
+        ]
+    )
+    cavity = float(cv2.cvtColor(np.uint8([[gen.mouth_colours.cavity]]), cv2.COLOR_BGR2GRAY)[0, 0])
+    assert inside < 1.35 * cavity, (inside, cavity)  # seen 34 against 29
+
+
+def test_a_small_opening_shows_dark_between_the_upper_teeth_and_the_lower_lip(hopper):
+    """Opened less than the upper teeth reach below the lip, the mouth still shows a dark
+    band above the lower lip: teeth down to the lower lip read to the face tracker as the
+    lips meeting (with the band, a statue-grey photo's mouth_r over five clips rose 0.78 →
+    0.81). Before: the teeth's grey there (0.92 of theirs higher up)."""
+    gen = generator(hopper, TRACK_SIZE)
+    grey = cv2.cvtColor(gen.render(Motion(mouth_open=0.1)), cv2.COLOR_BGR2GRAY).astype(float)
+    xs, top, bottom = opening_columns(gen, 0.3)
+
+    def band(start: float, end: float) -> float:
+        """Mean grey between these shares of the opening, down from the upper lip."""
+        return float(
+            np.mean(
+                [
+                    grey[int(t + start * (b - t)) : int(t + end * (b - t)) + 1, x].mean()
+                    for x, t, b in zip(xs, top, bottom, strict=True)
+                ]
+            )
+        )
+
+    teeth, above_lip = band(0.25, 0.5), band(0.75, 0.92)
+    assert np.median(bottom - top) < UPPER_EDGES[0] * gen.unit  # less than the teeth show
+    assert above_lip < 0.5 * teeth, (above_lip, teeth)  # seen 42 against 151
 
 
 def count_dips(profile: np.ndarray, reach: int, depth: float) -> int:

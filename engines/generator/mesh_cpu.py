@@ -82,9 +82,13 @@ ROW_GAP_DARKER = 0.6  # the gap between rows of teeth: this much darker than the
 # Teeth, seen from the front: each tooth's arc length along the dental arch from the middle
 # (per half mouth width: central and lateral incisor, canine, premolars, first molar), its
 # crown's height and how far its edge reaches past the resting lip line (eye distances).
+# The upper edges lie deep: a driver's upper lip often comes down over the skull-fixed row
+# as they talk, and a mouth open with no teeth in it read to the face tracker as shut on a
+# statue-grey photo (mouth_r on its head-turn clip 0.67 → 0.74 at these depths). The crowns
+# are as much longer (nearer life size): the gum line stays where it was, above the lip line.
 UPPER_ARCS = (0.34, 0.26, 0.28, 0.26, 0.25, 0.3)
-UPPER_CROWNS = (0.12, 0.1, 0.11, 0.09, 0.085, 0.08)
-UPPER_EDGES = (0.065, 0.056, 0.058, 0.045, 0.035, 0.025)  # below the lip line
+UPPER_CROWNS = (0.168, 0.14, 0.154, 0.126, 0.119, 0.112)
+UPPER_EDGES = (0.117, 0.1, 0.104, 0.081, 0.063, 0.045)  # below the lip line
 LOWER_ARCS = (0.22, 0.24, 0.28, 0.27, 0.26, 0.3)
 LOWER_CROWNS = (0.09, 0.09, 0.1, 0.085, 0.08, 0.075)
 LOWER_EDGES = (0.03, 0.03, 0.025, 0.03, 0.035, 0.04)  # the top, below the lip line
@@ -96,9 +100,9 @@ BITE_OVERLAP = 0.01  # eye distances the lower incisors reach up behind the uppe
 JAW_TEETH_TRAVEL = 0.85  # the lower teeth drop this share of the lower lip's drop (they sit
 # nearer the jaw's hinge than the lip)
 LOWER_ROW_SHADE = 0.8  # the lower row lies in the upper lip's and upper row's shadow
-LIP_RIM = 0.035  # eye distances over which the cavity shows the inner lip's colour
 LIP_SHADOW = 0.02  # eye distances under the lip's edge that the teeth lie in its shadow
 LIP_SHADOW_DEPTH = 0.35  # ... this much darker at the edge
+UPPER_CLEAR = 0.3  # share of the opening above the lower lip the upper teeth leave dark
 TRANSLUCENT = np.array([0.72, 0.68, 0.64])  # a tooth's translucent edge: its colour times
 # this (BGR: a cool grey, the dark cavity seen through it)
 TEETH_LIGHT = (0.35, 52.0)  # the teeth's L* from the skin's: lighter, less spread
@@ -748,10 +752,12 @@ def synthetic_mouth(
     rows: Sequence[tuple[TeethRow, np.ndarray]] = (),
 ) -> MouthLayer | None:
     """A mouth interior inside the current inner-lip contour (ROI pixel coordinates): dark
-    cavity showing the inner lip's colour along the lips, darker towards the corners, a
-    tongue low at the back, then `rows` of teeth (each with its 2x3 from resting working
-    pixels to ROI pixels; drawn in order, the lips cover them), the teeth shadowed just
-    under the lips; it fades in with the opening. None while the lips meet."""
+    cavity, darker towards the corners, a tongue low at the back, then `rows` of teeth (each
+    with its 2x3 from resting working pixels to ROI pixels; drawn in order, the lips cover
+    them), the teeth shadowed just under the lips; it fades in with the opening. None while
+    the lips meet. The cavity is dark right up to the lips: a lip-coloured rim inside them
+    read to the face tracker as more lip, the mouth less open (mouth_r 0.55 → 0.67 on a
+    statue-grey photo's head-turn clip without it)."""
     polygon = np.vstack([upper, lower[-2:0:-1]])
     gap = float(np.max(lower[1:-1, 1] - upper[1:-1, 1]))
     if gap < 0.015 * unit:
@@ -777,11 +783,11 @@ def synthetic_mouth(
     box = cv2.GaussianBlur(box, (0, 0), max(0.6, 0.05 * gap))
     mask = np.zeros(box.shape[:2], np.uint8)
     cv2.fillPoly(mask, [np.round((polygon - origin) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
-    inside = cv2.distanceTransform((mask >= 128).astype(np.uint8), cv2.DIST_L2, 3)[..., None]
-    rim = np.exp(-inside / max(LIP_RIM * unit, 0.5))
-    box += rim * (np.asarray(colours.tongue, np.float32) * 0.8 - box)
     if rows:
-        box = _draw_rows(box, rows, origin, np.exp(-inside / max(LIP_SHADOW * unit, 0.5)))
+        inside = cv2.distanceTransform((mask >= 128).astype(np.uint8), cv2.DIST_L2, 3)[..., None]
+        lip_shadow = np.exp(-inside / max(LIP_SHADOW * unit, 0.5))
+        clear = _above_lower_lip(box.shape[:2], upper - origin, lower - origin, unit)
+        box = _draw_rows(box, rows, origin, lip_shadow, clear)
     fade = float(np.clip((gap - 0.015 * unit) / (0.035 * unit), 0.0, 1.0))
     if fade < 1.0:
         mask = (mask * fade).astype(np.uint8)
@@ -826,21 +832,40 @@ def _draw_tongue(
     part += cover * (colour - part)
 
 
+def _above_lower_lip(
+    shape: tuple[int, int], upper: np.ndarray, lower: np.ndarray, unit: float
+) -> np.ndarray:
+    """(h, w, 1) 1 where the upper teeth may show, fading to 0 over a band of the opening
+    just above the lower lip (box pixels): teeth that reach down to the lower lip read to a
+    face tracker as the lips meeting, a dark band above it as the mouth open."""
+    height, width = shape
+    xs = np.arange(width, dtype=np.float64)
+    top = np.interp(xs, *_by_x(upper))
+    bottom = np.interp(xs, *_by_x(lower))
+    gap = np.maximum(bottom - top, 0.0)
+    room = bottom - UPPER_CLEAR * gap  # the teeth may reach down to here
+    soft = np.maximum(0.25 * UPPER_CLEAR * gap, max(LIP_SHADOW * unit, 0.7))
+    ys = np.arange(height, dtype=np.float64)[:, None]
+    return np.clip((room - ys) / soft + 0.5, 0.0, 1.0).astype(np.float32)[..., None]
+
+
 def _draw_rows(
     box: np.ndarray,
     rows: Sequence[tuple[TeethRow, np.ndarray]],
     origin: np.ndarray,
     lip_shadow: np.ndarray,
+    clear: np.ndarray,
 ) -> np.ndarray:
     """The rows of teeth over the cavity `box` (float BGR), each moved by its matrix; the
-    upper row's parts just under the lips' edge (`lip_shadow` 1 there) in the lip's shadow."""
+    upper row's parts just under the lips' edge (`lip_shadow` 1 there) in the lip's shadow,
+    the upper row only where `clear` (see _above_lower_lip) lets it show."""
     height, width = box.shape[:2]
     shaded = np.zeros((height, width, 1), np.float32)
     for row, matrix in rows:
         to_box = np.array(matrix, np.float64)
         to_box[:, 2] -= origin
         layer = row.placed(to_box, (width, height))
-        alpha = layer[:, :, 3:]
+        alpha = layer[:, :, 3:] * clear if row.under_lip else layer[:, :, 3:]
         box = box + alpha * (layer[:, :, :3] - box)
         shaded = shaded + (alpha * (1.0 - shaded) if row.under_lip else -alpha * shaded)
     return box * (1.0 - LIP_SHADOW_DEPTH * shaded * lip_shadow)
