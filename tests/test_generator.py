@@ -68,7 +68,6 @@ from engines.generator.mesh_cpu import (
     LidState,
     MeshGenerator,
     MouthColours,
-    eye_opening,
     lid_closures,
 )
 from engines.generator.warp import Roi, signed_areas, warp_image, warp_maps
@@ -1120,25 +1119,6 @@ def test_a_blink_the_tracker_reads_unevenly_shuts_both_lids():
     assert all(lid.closed for lid in lids)
     lids = [LidState(), LidState()]
     assert lid_closures(lids, (0.2, 0.8), 0.0)[1] < 1.0  # a wink: the other stays open
-
-
-def test_the_opening_painted_is_what_the_lids_leave_open():
-    """The eye is painted only where the upper lid is above the lower: a shut lid that
-    crossed the lower one is skin there (painted over, its lash line showed in pieces), and
-    lids that meet or cross all along leave nothing to paint."""
-    x = np.linspace(0.0, 40.0, 9)
-    lower = np.c_[x, 10.0 + 2.0 * np.sin(np.pi * x / 40.0)]
-    upper = np.c_[x, 10.0 - 6.0 * np.sin(np.pi * x / 40.0)]
-    opened = eye_opening(upper, lower)
-    assert np.array_equal(opened, np.vstack([upper, lower[-2:0:-1]]))
-    shut = np.c_[x, 10.0 + 3.0 * np.sin(np.pi * x / 40.0)]  # past the lower lid all along
-    assert eye_opening(shut, lower) is None
-    half = upper.copy()
-    half[:5] = shut[:5]  # crossed on one side, open on the other
-    polygon = eye_opening(half, lower)
-    assert polygon is not None
-    assert (polygon[: len(x), 1] <= lower[:, 1] + 1e-9).all(), polygon
-    assert np.allclose(polygon[5 : len(x), 1], upper[5:, 1])
 
 
 def test_looking_down_lowers_both_lids_and_is_no_blink(hopper, retrack):

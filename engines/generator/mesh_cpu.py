@@ -112,7 +112,6 @@ SKIN_DETAIL_FULL = 6.0  # grey levels of fine skin texture (a photo's) for full-
 LASH_LINE = 0.08  # a shut lid's lash line, thickness per eye width
 LID_SKIN = 0.6  # a shut lid's colour: this share the skin under the eye, the rest its own
 SHUT_FROM = 0.5  # lid closure from which the shut lid's own skin fades in
-MIN_OPENING = 0.5  # pixels: an eye whose lids are nowhere further apart shows none of it
 GAZE_LOWERS_LIDS = 4.0  # upper lid closure per eye width the iris looks down (up to the max)
 MAX_GAZE_LOWERING = 0.35
 WINK_OTHER_OPEN = 0.75  # one eye shuts alone only while the other reads this open
@@ -495,25 +494,6 @@ def _lash_colour(image: np.ndarray, margin: np.ndarray, width: float) -> np.ndar
         return np.zeros(3, np.uint8)
     darkest = pixels[np.argsort(pixels.sum(1))[: max(1, len(pixels) // 10)]]
     return np.round(darkest.mean(0)).astype(np.uint8)
-
-
-def eye_opening(upper: np.ndarray, lower: np.ndarray) -> np.ndarray | None:
-    """The polygon of what is left open of an eye (None: nothing, the lids meet or cross
-    all along): the upper margin (corner to corner), then the lower one back, with the upper
-    kept from going below the lower. Where a shutting lid has crossed the lower one its skin
-    covers the eye: painted there, the eye (the shut lid's skin sampled at the eye's own
-    place) hid the lash line in pieces, worst on a smile or a head turn, whose lower lid rises
-    past the shut upper one."""
-    order = np.argsort(lower[:, 0])
-    floor = np.interp(upper[:, 0], lower[order, 0], lower[order, 1])
-    order_up = np.argsort(upper[:, 0])
-    ceiling = np.interp(lower[:, 0], upper[order_up, 0], upper[order_up, 1])
-    gap = max(float((floor - upper[:, 1]).max()), float((lower[:, 1] - ceiling).max()))
-    if gap < MIN_OPENING:
-        return None
-    kept = upper.copy()
-    kept[:, 1] = np.minimum(upper[:, 1], floor)
-    return np.vstack([kept, lower[-2:0:-1]])
 
 
 def shut_weight(closure: float) -> float:
@@ -1778,9 +1758,7 @@ class MeshGenerator:
     ) -> None:
         """`shut`: how far the eye shows the shut lid's skin (what a lid not quite down over
         it still leaves: no sliver of iris under a shut lid)."""
-        polygon = eye_opening(upper, lower)
-        if polygon is None:
-            return
+        polygon = np.vstack([upper, lower[-2:0:-1]])
         (x0, y0) = np.floor(polygon.min(0)).astype(int) - 1
         (x1, y1) = np.ceil(polygon.max(0)).astype(int) + 2
         x0, y0 = max(x0, 0), max(y0, 0)

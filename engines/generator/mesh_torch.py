@@ -26,7 +26,6 @@ from engines.generator.mesh_cpu import (
     Eyeball,
     MeshGenerator,
     MouthLayer,
-    eye_opening,
     shut_weight,
 )
 from engines.generator.skin import face_box
@@ -146,9 +145,7 @@ class TorchMeshGenerator(MeshGenerator):
         for eyeball, textures, (upper, lower, _, _), closure in zip(
             self.eyeballs, self.eye_textures, EYES, self.closures, strict=True
         ):
-            polygon = eye_opening(dest[upper, :2] - offset, dest[lower, :2] - offset)
-            if polygon is None:
-                continue
+            polygon = np.vstack([dest[upper, :2], dest[lower[-2:0:-1], :2]]) - offset
             self._paint_eye(
                 person,
                 eyeball,
