@@ -63,6 +63,7 @@ from engines.generator.interface import DriverView
 from engines.generator.mesh import build_mesh
 from engines.generator.mesh_cpu import (
     EYES,
+    LASH_LINE,
     MOUTH_CORNERS,
     UPPER_EDGES,
     LidState,
@@ -1079,6 +1080,24 @@ def test_shut_eyes_track_as_shut(hopper, retrack):
     # The tracker never reads a shut eye as 0; seen 0.279 → 0.183 (ratio 0.66) on Grace
     # Hopper (glasses), 0.385 → 0.114 (0.30) on a dev-data photo.
     assert shut / opened < 0.8, (opened, shut)
+
+
+def test_a_shut_eye_is_skin_and_a_lash_line_with_no_hole(hopper):
+    """Shut, the eye's box is the lid's skin and one thin lash line: its dark pixels (under
+    half the box's median grey) cover less than the lash line would alone. Leaving the eye
+    unpainted where a shut lid crossed the lower one showed the warped eye under it as a
+    jagged black bar below the lash line (seen 1.2× the line's area on Grace Hopper, against
+    0.6-0.7 with the lid painted)."""
+    gen = generator(hopper, TRACK_SIZE)
+    grey = cv2.cvtColor(gen.render(Motion(eye_open=(0.0, 0.0))), cv2.COLOR_BGR2GRAY)
+    for upper, lower, _, _ in EYES:
+        points = gen.last_dest[[*upper, *lower], :2]
+        width = float(np.ptp(points[:, 0]))
+        x0, y0 = np.floor(points.min(0) - 0.1 * width).astype(int)
+        x1, y1 = np.ceil(points.max(0) + 0.1 * width).astype(int)
+        box = grey[y0:y1, x0:x1].astype(np.float64)
+        dark = int((box < 0.5 * np.median(box)).sum())
+        assert dark < 0.95 * LASH_LINE * width * width, (dark, width)
 
 
 def test_a_lid_opens_again_with_the_drivers_eye():
