@@ -77,6 +77,12 @@ CREASE_TRAVEL, BROW_RING_TRAVEL = 0.9, 0.35
 LID_OVERSHOOT = 1.2  # a shut lid tucks just past the lower one: no sliver of eye remains
 OWN_INTERIOR_UNTIL = 0.15  # jaw drop (eye distances) by which the own interior gives way
 OWN_TEETH_LIGHT = 0.5  # an own upper row shows teeth from this share of the palette's teeth L*
+# Synthetic upper teeth in a parted-lips avatar's dark gap: this much higher behind the lip
+# (eye distances; its gap showed none), and the own interior gives way to them by this share
+# of OWN_INTERIOR_UNTIL (it is only shade): mouth_r as without them (talk_c 0.953 → 0.953,
+# talk_blinks_a 0.811 → 0.810 on photo_woman_bun; drawn at the lip and slowly: 0.932, 0.817)
+GAP_TEETH_TUCK = 0.02
+GAP_FADE = 0.7
 GUM_REACH = 0.12  # how far the upper row goes on above the upper lip, per mouth width
 GUM_SHADE = 0.75  # gum: the lip's colour this much darker
 ROW_GAP_DARKER = 0.6  # the gap between rows of teeth: this much darker than the teeth
@@ -884,6 +890,26 @@ def shows_teeth(own: np.ndarray | None, teeth: np.ndarray) -> bool:
     return bool(lightness[0] >= OWN_TEETH_LIGHT * lightness[1])
 
 
+def lip_edge_only(own: OwnMouth, points: np.ndarray) -> OwnMouth:
+    """The own mouth with its upper row cut down to the upper lip's inner edge and the gum
+    above it: what its gap showed below that (no teeth) gives way to the synthetic rows."""
+    upper_lip = points[LIPS_UPPER_INNER, :2]
+    width = float(np.linalg.norm(upper_lip[-1] - upper_lip[0]))
+    height, columns = own.upper.shape[:2]
+    xs = np.arange(columns, dtype=np.float64) + own.origin[0]
+    edge = np.interp(xs, *_by_x(upper_lip)) + _lip_trim(width) - own.origin[1]
+    rows = np.arange(height, dtype=np.float64)[:, None]
+    keep = np.clip(edge[None, :] - rows + 0.5, 0.0, 1.0)
+    upper = own.upper.copy()
+    upper[:, :, 3] = np.round(upper[:, :, 3] * keep).astype(np.uint8)
+    return replace(own, upper=upper)
+
+
+def _lip_trim(width: float) -> float:
+    """How far (avatar pixels) into the opening a lip's inner edge goes with its own row."""
+    return max(1.5, 0.03 * width)
+
+
 def own_bite_depth(own: OwnMouth, points: np.ndarray) -> float | None:
     """How far (avatar pixels) below the resting upper inner lip a parted-lips avatar's own
     upper teeth end (their biting edge), over the middle of the mouth; None without teeth."""
@@ -921,7 +947,7 @@ def build_own_mouth(image: np.ndarray, points: np.ndarray) -> OwnMouth:
     around = cv2.dilate(opening, np.ones((5, 5), np.uint8)).astype(np.float64) / 255.0
     # Each lip's inner edge goes with its own row: the lower lip's with the jaw, never as a red
     # line left across the opened mouth by an upper row that reached down to it.
-    trim = max(1.5, 0.03 * width)
+    trim = _lip_trim(width)
     above_split = np.clip(boundary[None, :] - rows + 0.5, 0.0, 1.0)
     near_top = np.clip(top[None, :] + trim - rows + 0.5, 0.0, 1.0)
     near_bottom = np.clip(rows - bottom[None, :] + trim + 0.5, 0.0, 1.0)
@@ -1179,7 +1205,9 @@ class MeshGenerator:
         self.outline_ids = np.flatnonzero(self.mesh.outline > 0)
         self.teeth, self.from_rest = self._synthetic_teeth()  # after the head's pivot
         self.gap_teeth = self._gap_teeth()
-        self.hidden_lower = self._hidden_lower_teeth()
+        self.hidden_lower = self._hidden_lower_teeth()  # its bite: the whole own row's
+        if self.gap_teeth is not None:
+            self.own_mouth = lip_edge_only(self.own_mouth, avatar.points)
         vertices = self.mesh.vertices
         self.image_bottom = np.flatnonzero(  # the image's bottom edge (not the frame below)
             (np.abs(vertices[:, 1] - (img_h - 1)) < 1e-6)
@@ -1545,9 +1573,10 @@ class MeshGenerator:
         self, offset: np.ndarray, jaw_shift: np.ndarray
     ) -> list[tuple[TeethRow, np.ndarray]]:
         """A parted-lips avatar's lower teeth that its lower lip hid at rest (synthetic, in
-        its own teeth's colour), on the jaw: a grin pulls the lower lip down off them while
-        the jaw stays, and the real mouth then shows them, not a dark gap under the upper
-        row. Then its synthetic upper row, if it has one (see _gap_teeth), on the skull."""
+        its own teeth's colour or its palette's), on the jaw: a grin pulls the lower lip down
+        off them while the jaw stays, and the real mouth then shows them, not a dark gap
+        under the upper row. Then its synthetic upper row, if it has one (see _gap_teeth), on
+        the skull."""
         rows = []
         skull = self.skull_matrix() @ self.from_rest
         skull[:, 2] -= offset
@@ -1583,6 +1612,7 @@ class MeshGenerator:
             return None
         work = self.to_work(self.rest[LIPS_UPPER_INNER, :2])
         unit = self.unit * self.work_per_output[0]
+        work[:, 1] -= GAP_TEETH_TUCK * unit
         return teeth_row(work, unit, self.mouth_colours, upper=True)
 
     def _hidden_lower_teeth(self) -> TeethRow | None:
@@ -1592,13 +1622,12 @@ class MeshGenerator:
         if self.own_mouth is None:
             return None
         distance = eye_distance(self.avatar.points)
+        colour = own_teeth_colour(self.own_mouth)
+        bite = own_bite_depth(self.own_mouth, self.avatar.points)
+        if colour is None or bite is None:
+            return None
         if self.gap_teeth is not None:
-            colour, bite = self.mouth_colours.teeth, UPPER_EDGES[0] * distance
-        else:
-            colour = own_teeth_colour(self.own_mouth)
-            bite = own_bite_depth(self.own_mouth, self.avatar.points)
-            if colour is None or bite is None:
-                return None
+            colour = self.mouth_colours.teeth
         # a lip line that puts the row's top just behind the upper teeth's biting edge
         line = self.avatar.points[LIPS_UPPER_INNER, :2].copy()
         line[:, 1] += bite - (LOWER_EDGES[0] + BITE_OVERLAP) * distance
@@ -1674,8 +1703,6 @@ class MeshGenerator:
         jaw[:, 2] += jaw_shift
         fade = self._own_fade(upper, lower, unit)
         box = self._own_interior(cavity, upper, lower, fade).astype(np.float32)
-        # Rows that show no teeth give way to the synthetic ones as the interior does.
-        own = 1.0 if self.gap_teeth is None else 1.0 - fade
         # The rows' weights add up (over one another, the soft seam between them would show
         # the cavity through).
         cover = np.zeros((height, width, 1), np.float32)
@@ -1688,7 +1715,7 @@ class MeshGenerator:
                 flags=cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_CONSTANT,
             ).astype(np.float32)
-            weight = moved[:, :, 3:] * (own / 255.0)
+            weight = moved[:, :, 3:] / 255.0
             rows += moved[:, :, :3] * weight
             cover += weight
         shown = np.minimum(cover, 1.0)  # where the jaw rises, the rows overlap: share
@@ -1705,7 +1732,8 @@ class MeshGenerator:
         drop = self.jaw_drop * self.work_per_output[1] / max(unit, 1e-6)
         gap = float(np.max(lower[1:-1, 1] - upper[1:-1, 1])) / max(unit, 1e-6)
         opened = max(drop, gap - self.rest_lip_gap)
-        fade = float(np.clip(opened / OWN_INTERIOR_UNTIL, 0.0, 1.0))
+        until = OWN_INTERIOR_UNTIL * (GAP_FADE if self.gap_teeth is not None else 1.0)
+        fade = float(np.clip(opened / until, 0.0, 1.0))
         return fade * fade * (3.0 - 2.0 * fade)
 
     def _own_interior(
