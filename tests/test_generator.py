@@ -839,6 +839,69 @@ def test_a_grin_bares_the_lower_teeth_a_dropped_jaw_shows_the_cavity(parted_lips
     assert grin_dark < 0.6 * jaw_dark, (grin_dark, jaw_dark)
 
 
+def dark_gapped(avatar: PreparedAvatar) -> PreparedAvatar:
+    """The avatar with what shows between its parted lips painted over in the lips' own
+    shadowed colour: a parted-lips mouth whose gap shows no teeth."""
+    points = avatar.points
+    ring = np.vstack([points[LIPS_UPPER_INNER, :2], points[LIPS_LOWER_INNER[-2:0:-1], :2]])
+    image = avatar.image.copy()
+    image[polygon_mask(image.shape, ring, grow_px=1)] = np.round(
+        MouthColours.sample(avatar.image, points).tongue
+    ).astype(np.uint8)
+    return replace(avatar, image=image)
+
+
+def upper_band(frame: np.ndarray, gen: MeshGenerator) -> np.ndarray:
+    """Grey levels of the upper half of the current opening over its middle half of columns:
+    where the upper teeth show."""
+    dest = gen.last_dest
+    opening = polygon_mask(
+        frame.shape, np.vstack([dest[LIPS_UPPER_INNER], dest[LIPS_LOWER_INNER[-2:0:-1]]])
+    )
+    xs, top, bottom = opening_columns(gen, 0.5)
+    rows = np.arange(frame.shape[0])[:, None]
+    band = np.zeros(frame.shape[:2], bool)
+    band[:, xs] = (rows >= top[None, :]) & (rows <= (top + bottom)[None, :] / 2)
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[band & opening].astype(np.float64)
+
+
+def grey_of(colour: np.ndarray) -> float:
+    return float(cv2.cvtColor(np.uint8([[np.round(colour)]]), cv2.COLOR_BGR2GRAY)[0, 0])
+
+
+def test_a_parted_lips_gap_without_teeth_opens_onto_teeth(parted_lips):
+    """Lips parted at rest over a dark gap (no teeth show between them): opened, the mouth
+    shows upper teeth behind the upper lip in the avatar's palette, at rest it is unchanged.
+    Before, the own dark row rode on the skull over a cavity: a mouth without teeth (seen on
+    photo_woman_bun)."""
+    avatar = dark_gapped(parted_lips)
+    teeth = grey_of(MouthColours.sample(avatar.image, avatar.points).teeth)
+    gap = resting_mouth_gap(avatar.points)
+    rest_gen, open_gen = generator(avatar, TRACK_SIZE), generator(avatar, TRACK_SIZE)
+    rest = rest_gen.render(Motion())
+    assert (upper_band(rest, rest_gen) >= 0.8 * teeth).sum() == 0  # the gap is dark
+    error = np.mean((rest.astype(float) - rest_gen.still) ** 2)
+    assert 10 * np.log10(255**2 / max(error, 1e-10)) > 40  # at rest: the avatar as it is
+    wide = open_gen.render(Motion(mouth_open=gap + 0.25, mouth_own=0.0))
+    band = upper_band(wide, open_gen)
+    shown = (band >= 0.8 * teeth).mean()
+    assert shown > 0.04, shown  # seen 0.0 → 0.084 (the upper half of a wide opening)
+
+
+def test_a_parted_lips_avatar_showing_teeth_keeps_its_own(parted_lips):
+    """An avatar whose parted lips show its own teeth (dimly: a small photo) keeps them when
+    its mouth opens, not the palette's brighter synthetic ones: its teeth stay its own."""
+    gen = generator(parted_lips, TRACK_SIZE)
+    rest = gen.render(Motion())
+    own = np.percentile(upper_band(rest, gen), 98)
+    palette = grey_of(MouthColours.sample(parted_lips.image, parted_lips.points).teeth)
+    assert own < 0.8 * palette, (own, palette)  # dimmer than the palette's: they can differ
+    gap = resting_mouth_gap(parted_lips.points)
+    open_gen = generator(parted_lips, TRACK_SIZE)
+    opened = np.percentile(upper_band(open_gen.render(Motion(mouth_open=gap + 0.25)), open_gen), 98)
+    assert abs(opened - own) < 0.1 * own, (own, opened, palette)
+
+
 def test_a_nod_up_keeps_the_crown_round(hopper):
     """The hair's outline keeps to the head's silhouette (a round head's outline hardly
     changes as it nods): on a nod up of 20° about the neck the forehead moves a good way

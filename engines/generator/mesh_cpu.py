@@ -76,6 +76,13 @@ LID_DRIVEN = sorted(
 CREASE_TRAVEL, BROW_RING_TRAVEL = 0.9, 0.35
 LID_OVERSHOOT = 1.2  # a shut lid tucks just past the lower one: no sliver of eye remains
 OWN_INTERIOR_UNTIL = 0.15  # jaw drop (eye distances) by which the own interior gives way
+OWN_TEETH_LIGHT = 0.5  # an own upper row shows teeth from this share of the palette's teeth L*
+# Synthetic upper teeth in a parted-lips avatar's dark gap: this much higher behind the lip
+# (eye distances; its gap showed none), and the own interior gives way to them by this share
+# of OWN_INTERIOR_UNTIL (it is only shade): mouth_r as without them (talk_c 0.953 → 0.953,
+# talk_blinks_a 0.811 → 0.810 on photo_woman_bun; drawn at the lip and slowly: 0.932, 0.817)
+GAP_TEETH_TUCK = 0.02
+GAP_FADE = 0.7
 GUM_REACH = 0.12  # how far the upper row goes on above the upper lip, per mouth width
 GUM_SHADE = 0.75  # gum: the lip's colour this much darker
 ROW_GAP_DARKER = 0.6  # the gap between rows of teeth: this much darker than the teeth
@@ -874,6 +881,40 @@ def own_teeth_colour(own: OwnMouth) -> np.ndarray | None:
     return np.median(bright, axis=0)
 
 
+def shows_teeth(own: np.ndarray | None, teeth: np.ndarray) -> bool:
+    """Whether an avatar's own upper row (`own`: its colour, see own_teeth_colour) shows teeth:
+    teeth in the face's light are about as light as the palette's (`teeth`, from its skin);
+    a row under half as light shows shadow and the lips' inside (a gap as dark as the
+    lipstick: opened, it was a cavity with no teeth at all)."""
+    if own is None:
+        return False
+    lightness = [
+        cv2.cvtColor(np.float32(np.asarray(c)[None, None] / 255.0), cv2.COLOR_BGR2Lab)[0, 0, 0]
+        for c in (own, teeth)
+    ]
+    return bool(lightness[0] >= OWN_TEETH_LIGHT * lightness[1])
+
+
+def lip_edge_only(own: OwnMouth, points: np.ndarray) -> OwnMouth:
+    """The own mouth with its upper row cut down to the upper lip's inner edge and the gum
+    above it: what its gap showed below that (no teeth) gives way to the synthetic rows."""
+    upper_lip = points[LIPS_UPPER_INNER, :2]
+    width = float(np.linalg.norm(upper_lip[-1] - upper_lip[0]))
+    height, columns = own.upper.shape[:2]
+    xs = np.arange(columns, dtype=np.float64) + own.origin[0]
+    edge = np.interp(xs, *_by_x(upper_lip)) + _lip_trim(width) - own.origin[1]
+    rows = np.arange(height, dtype=np.float64)[:, None]
+    keep = np.clip(edge[None, :] - rows + 0.5, 0.0, 1.0)
+    upper = own.upper.copy()
+    upper[:, :, 3] = np.round(upper[:, :, 3] * keep).astype(np.uint8)
+    return replace(own, upper=upper)
+
+
+def _lip_trim(width: float) -> float:
+    """How far (avatar pixels) into the opening a lip's inner edge goes with its own row."""
+    return max(1.5, 0.03 * width)
+
+
 def own_bite_depth(own: OwnMouth, points: np.ndarray) -> float | None:
     """How far (avatar pixels) below the resting upper inner lip a parted-lips avatar's own
     upper teeth end (their biting edge), over the middle of the mouth; None without teeth."""
@@ -911,7 +952,7 @@ def build_own_mouth(image: np.ndarray, points: np.ndarray) -> OwnMouth:
     around = cv2.dilate(opening, np.ones((5, 5), np.uint8)).astype(np.float64) / 255.0
     # Each lip's inner edge goes with its own row: the lower lip's with the jaw, never as a red
     # line left across the opened mouth by an upper row that reached down to it.
-    trim = max(1.5, 0.03 * width)
+    trim = _lip_trim(width)
     above_split = np.clip(boundary[None, :] - rows + 0.5, 0.0, 1.0)
     near_top = np.clip(top[None, :] + trim - rows + 0.5, 0.0, 1.0)
     near_bottom = np.clip(rows - bottom[None, :] + trim + 0.5, 0.0, 1.0)
@@ -1168,7 +1209,10 @@ class MeshGenerator:
         self.head_centre = self.framing.apply(self.mesh.head_center[None])[0]
         self.outline_ids = np.flatnonzero(self.mesh.outline > 0)
         self.teeth, self.from_rest = self._synthetic_teeth()  # after the head's pivot
-        self.hidden_lower = self._hidden_lower_teeth()
+        self.gap_teeth = self._gap_teeth()
+        self.hidden_lower = self._hidden_lower_teeth()  # its bite: the whole own row's
+        if self.gap_teeth is not None:
+            self.own_mouth = lip_edge_only(self.own_mouth, avatar.points)
         vertices = self.mesh.vertices
         self.image_bottom = np.flatnonzero(  # the image's bottom edge (not the frame below)
             (np.abs(vertices[:, 1] - (img_h - 1)) < 1e-6)
@@ -1534,14 +1578,20 @@ class MeshGenerator:
         self, offset: np.ndarray, jaw_shift: np.ndarray
     ) -> list[tuple[TeethRow, np.ndarray]]:
         """A parted-lips avatar's lower teeth that its lower lip hid at rest (synthetic, in
-        its own teeth's colour), on the jaw: a grin pulls the lower lip down off them while
-        the jaw stays, and the real mouth then shows them, not a dark gap under the upper
-        row."""
-        if self.hidden_lower is None:
-            return []
-        jaw = self.skull_matrix() @ self.from_rest
-        jaw[:, 2] += jaw_shift - offset
-        return [(self.hidden_lower, jaw)]
+        its own teeth's colour or its palette's), on the jaw: a grin pulls the lower lip down
+        off them while the jaw stays, and the real mouth then shows them, not a dark gap
+        under the upper row. Then its synthetic upper row, if it has one (see _gap_teeth), on
+        the skull."""
+        rows = []
+        skull = self.skull_matrix() @ self.from_rest
+        skull[:, 2] -= offset
+        if self.hidden_lower is not None:
+            jaw = skull.copy()
+            jaw[:, 2] += jaw_shift
+            rows.append((self.hidden_lower, jaw))
+        if self.gap_teeth is not None:
+            rows.append((self.gap_teeth, skull))
+        return rows
 
     def _synthetic_teeth(self) -> tuple[Teeth | None, np.ndarray]:
         """A closed-mouth avatar's teeth (None for an avatar with its own), drawn once
@@ -1557,20 +1607,35 @@ class MeshGenerator:
         )
         return teeth, from_rest
 
-    def _hidden_lower_teeth(self) -> TeethRow | None:
-        """A parted-lips avatar's synthetic lower row (see _hidden_lower_row), behind its
-        resting lower lip, coloured like its own teeth; None for a closed-mouth avatar."""
+    def _gap_teeth(self) -> TeethRow | None:
+        """Synthetic upper teeth for a parted-lips avatar whose own upper row shows none (a
+        dark gap), behind its resting upper lip, in its palette: they ride on the skull as a
+        closed mouth's do and show as the mouth opens. None where the avatar has its own."""
         if self.own_mouth is None:
             return None
+        if shows_teeth(own_teeth_colour(self.own_mouth), self.mouth_colours.teeth):
+            return None
+        work = self.to_work(self.rest[LIPS_UPPER_INNER, :2])
+        unit = self.unit * self.work_per_output[0]
+        work[:, 1] -= GAP_TEETH_TUCK * unit
+        return teeth_row(work, unit, self.mouth_colours, upper=True)
+
+    def _hidden_lower_teeth(self) -> TeethRow | None:
+        """A parted-lips avatar's synthetic lower row (see _hidden_lower_row), behind its
+        resting lower lip, coloured like its own teeth (its palette's, under synthetic upper
+        ones); None for a closed-mouth avatar."""
+        if self.own_mouth is None:
+            return None
+        distance = eye_distance(self.avatar.points)
         colour = own_teeth_colour(self.own_mouth)
-        if colour is None:
-            return None
         bite = own_bite_depth(self.own_mouth, self.avatar.points)
-        if bite is None:
+        if colour is None or bite is None:
             return None
+        if self.gap_teeth is not None:
+            colour = self.mouth_colours.teeth
         # a lip line that puts the row's top just behind the upper teeth's biting edge
         line = self.avatar.points[LIPS_UPPER_INNER, :2].copy()
-        line[:, 1] += bite - (LOWER_EDGES[0] + BITE_OVERLAP) * eye_distance(self.avatar.points)
+        line[:, 1] += bite - (LOWER_EDGES[0] + BITE_OVERLAP) * distance
         placed = self.framing.apply(np.column_stack([line, np.zeros(len(line))]))[:, :2]
         work = self.to_work(placed)
         unit = self.unit * self.work_per_output[0]
@@ -1641,7 +1706,8 @@ class MeshGenerator:
         skull[:, 2] += skull[:, :2] @ self.own_mouth.origin - offset - (x0, y0)
         jaw = skull.copy()
         jaw[:, 2] += jaw_shift
-        box = self._own_interior(cavity, upper, lower, offset, unit).astype(np.float32)
+        fade = self._own_fade(upper, lower, unit)
+        box = self._own_interior(cavity, upper, lower, fade).astype(np.float32)
         # The rows' weights add up (over one another, the soft seam between them would show
         # the cavity through).
         cover = np.zeros((height, width, 1), np.float32)
@@ -1665,26 +1731,27 @@ class MeshGenerator:
         cv2.fillPoly(mask, [np.round(polygon * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
         return MouthLayer(box, mask, (x0, y0))
 
-    def _own_interior(
-        self,
-        cavity: MouthLayer,
-        upper: np.ndarray,
-        lower: np.ndarray,
-        offset: np.ndarray,
-        unit: float,
-    ) -> np.ndarray:
-        """What shows between the rows: while the mouth opens little, the avatar's own
-        interior spread over the opening (what the real mouth shows then: more of the same
-        teeth and shade), fading into the synthetic cavity and lower teeth as the mouth opens
-        further, where spreading would draw the teeth out into streaks: as the jaw drops, or
-        as the lips part beyond their rest by themselves (a grin bares the lower teeth with
-        the jaw shut; spread, frame 0's dark gap under the teeth showed as a grey band)."""
-        assert self.own_mouth is not None
+    def _own_fade(self, upper: np.ndarray, lower: np.ndarray, unit: float) -> float:
+        """How far (0 .. 1) the own interior has given way to the synthetic one: as the jaw
+        drops, or as the lips part beyond their rest by themselves (see _own_interior)."""
         drop = self.jaw_drop * self.work_per_output[1] / max(unit, 1e-6)
         gap = float(np.max(lower[1:-1, 1] - upper[1:-1, 1])) / max(unit, 1e-6)
         opened = max(drop, gap - self.rest_lip_gap)
-        fade = float(np.clip(opened / OWN_INTERIOR_UNTIL, 0.0, 1.0))
-        fade = fade * fade * (3.0 - 2.0 * fade)
+        until = OWN_INTERIOR_UNTIL * (GAP_FADE if self.gap_teeth is not None else 1.0)
+        fade = float(np.clip(opened / until, 0.0, 1.0))
+        return fade * fade * (3.0 - 2.0 * fade)
+
+    def _own_interior(
+        self, cavity: MouthLayer, upper: np.ndarray, lower: np.ndarray, fade: float
+    ) -> np.ndarray:
+        """What shows between the rows: while the mouth opens little, the avatar's own
+        interior spread over the opening (what the real mouth shows then: more of the same
+        teeth and shade), fading (`fade`) into the synthetic cavity and teeth as the mouth
+        opens further, where spreading would draw the teeth out into streaks: as the jaw
+        drops, or as the lips part beyond their rest by themselves (a grin bares the lower
+        teeth with the jaw shut; spread, frame 0's dark gap under the teeth showed as a grey
+        band)."""
+        assert self.own_mouth is not None
         if fade >= 1.0:
             return cavity.box
         x0, y0 = cavity.origin
