@@ -117,6 +117,7 @@ TEETH_CHROMA = 0.5  # the teeth's share of the skin's colourfulness
 GAP_DARKER = 0.4  # the gap between two teeth, at full detail: this much darker
 SKIN_DETAIL_FULL = 6.0  # grey levels of fine skin texture (a photo's) for full-detail teeth
 LASH_LINE = 0.08  # a shut lid's lash line, thickness per eye width
+LASH_OVER_EYE = 0.05  # ... drawn again over the eye painted under a shut lid (as it shows)
 LID_SKIN = 0.6  # a shut lid's colour: this share the skin under the eye, the rest its own
 SHUT_FROM = 0.5  # lid closure from which the shut lid's own skin fades in
 GAZE_LOWERS_LIDS = 4.0  # upper lid closure per eye width the iris looks down (up to the max)
@@ -366,6 +367,7 @@ class Eyeball:
     corners: tuple[int, int]  # landmark indices: outer, inner
     width: float  # corner to corner
     shut: np.ndarray  # BGR, the sclera patch's place in the shut lids' texture
+    lash: np.ndarray  # BGR, the lashes' colour (the shut lid's lash line)
 
 
 def build_eyeball(
@@ -421,8 +423,9 @@ def build_eyeball(
         sy0:sy1, sx0:sx1
     ]
     iris_origin = origin + np.array([cx - half, cy - half], np.float64)
+    lash = _lash_colour(image, points[upper, :2], width)
     return Eyeball(
-        origin, sclera, iris_patch, iris_origin, corners, width, shut[y0:y1, x0:x1].copy()
+        origin, sclera, iris_patch, iris_origin, corners, width, shut[y0:y1, x0:x1].copy(), lash
     )
 
 
@@ -469,11 +472,13 @@ def _skin_under(image: np.ndarray, lower: np.ndarray, width: float) -> np.ndarra
     return np.median(pixels, axis=0).astype(np.uint8)
 
 
-def _lash_line(shape: tuple[int, ...], margin: np.ndarray, width: float) -> np.ndarray:
+def _lash_line(
+    shape: tuple[int, ...], margin: np.ndarray, width: float, thickness: float = LASH_LINE
+) -> np.ndarray:
     """Alpha of a shut lid's lash line: along the margin, on the lid's side of it (the
     lid's triangles carry it down; the eye's side is the eye's), thickest in the middle."""
     line = np.zeros(shape[:2], np.uint8)
-    thickness = LASH_LINE * width
+    thickness *= width
     for i, (a, b) in enumerate(itertools.pairwise(margin)):
         taper = 0.5 + 0.5 * min(LID_PROFILE[i], LID_PROFILE[i + 1])
         lift = np.array([0.0, -0.5 * thickness * taper])
@@ -488,6 +493,37 @@ def _lash_line(shape: tuple[int, ...], margin: np.ndarray, width: float) -> np.n
             4,
         )
     return line
+
+
+def lid_edge(upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """The upper lid's margin where it shows: kept above the lower lid's (a shut lid that
+    crossed the lower one is hidden behind it there)."""
+    order = np.argsort(lower[:, 0])
+    floor = np.interp(upper[:, 0], lower[order, 0], lower[order, 1])
+    edge = upper.copy()
+    edge[:, 1] = np.minimum(upper[:, 1], floor)
+    return edge
+
+
+def lash_over_eye(
+    margin: np.ndarray, shut: float, height: int, width: int
+) -> tuple[int, int, np.ndarray] | None:
+    """(x0, y0, alpha): the shut lid's lash line drawn again along the lid's visible margin
+    (lid_edge), over the eye painted under it, as shut as the lid is; None where it would
+    not show. The texture's own line, carried down by the lid's triangles, is cut into
+    pieces where the eye (its shut skin) is painted over a lid that crossed the lower one (a
+    smile or a turn raises the lower lid past the shut upper one). Shared with torch."""
+    eye_width = float(np.linalg.norm(margin[-1] - margin[0]))
+    reach = LASH_LINE * eye_width + 2.0
+    (x0, y0) = np.floor(margin.min(0) - reach).astype(int)
+    (x1, y1) = np.ceil(margin.max(0) + reach).astype(int)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if eye_width < 4.0 or x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    line = _lash_line((y1 - y0, x1 - x0), margin - (x0, y0), eye_width, LASH_OVER_EYE)
+    if shut < 1.0:
+        line = cv2.multiply(line, np.full_like(line, 255), scale=shut / 255.0)
+    return int(x0), int(y0), line
 
 
 def _lash_colour(image: np.ndarray, margin: np.ndarray, width: float) -> np.ndarray:
@@ -1847,3 +1883,16 @@ class MeshGenerator:
             skin = _warp_patch(eyeball.shut, patch_to_box, size)
             eye = cv2.addWeighted(eye, 1.0 - shut, skin, shut, 0.0)
         _paint_over(person[y0:y1, x0:x1], eye, mask)
+        if shut > 0.0:
+            self._paint_lash(person, lid_edge(upper, lower), eyeball.lash, shut)
+
+    @staticmethod
+    def _paint_lash(person: np.ndarray, margin: np.ndarray, lash: np.ndarray, shut: float) -> None:
+        """The shut lid's lash line over the painted eye (lash_over_eye), colour only."""
+        drawn = lash_over_eye(margin, shut, *person.shape[:2])
+        if drawn is None:
+            return
+        x0, y0, line = drawn
+        box = person[y0 : y0 + line.shape[0], x0 : x0 + line.shape[1]]
+        colour, _ = _colour_and_alpha(box)
+        box[:, :, :3] = _blend(colour, np.full_like(colour, lash), line)

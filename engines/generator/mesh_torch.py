@@ -26,6 +26,8 @@ from engines.generator.mesh_cpu import (
     Eyeball,
     MeshGenerator,
     MouthLayer,
+    lash_over_eye,
+    lid_edge,
     shut_weight,
 )
 from engines.generator.skin import face_box
@@ -156,6 +158,9 @@ class TorchMeshGenerator(MeshGenerator):
                 motion.gaze,
                 shut_weight(closure),
             )
+            if shut_weight(closure) > 0.0:
+                margin = lid_edge(dest[upper, :2] - offset, dest[lower, :2] - offset)
+                self._paint_lash(person, margin, eyeball.lash, shut_weight(closure))
         mouth = self._mouth_layer(dest, offset, roi, motion, driver)
         if mouth is not None:
             self._paint_layer(person, mouth)
@@ -253,6 +258,20 @@ class TorchMeshGenerator(MeshGenerator):
             skin = affine_sample(skin, _inverse_affine(patch_to_box), height, width, replicate=True)
             eye = (eye * (1.0 - shut) + skin * shut).round_()
         paint_over(person[:, y0:y1, x0:x1], eye, mask)
+
+    def _paint_lash(
+        self, person: torch.Tensor, margin: np.ndarray, lash: np.ndarray, shut: float
+    ) -> None:
+        """The shut lid's lash line over the painted eye, as MeshGenerator._paint_lash draws
+        it (the line's alpha drawn by the CPU code: a few hundred pixels)."""
+        drawn = lash_over_eye(margin, shut, person.shape[1], person.shape[2])
+        if drawn is None:
+            return
+        x0, y0, line = drawn
+        alpha = upload(line, self.device).float()
+        box = person[:3, y0 : y0 + line.shape[0], x0 : x0 + line.shape[1]]
+        colour = torch.tensor(lash, dtype=box.dtype, device=box.device)[:, None, None]
+        box.copy_(blend(box, colour.expand_as(box), alpha))
 
     def _mouth_layer(
         self,
