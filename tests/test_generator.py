@@ -1230,6 +1230,24 @@ def test_a_blink_the_tracker_reads_unevenly_shuts_both_lids():
     assert lid_closures(lids, (0.2, 0.8), 0.0)[1] < 1.0  # a wink: the other stays open
 
 
+def test_eyes_opened_past_a_narrowed_neutral_widen_and_still_blink():
+    """Against a neutral caught narrowed (the driver's open eyes lately read 1.5 of it), an
+    open eye widens the avatar's (frame 0 of the grin clip as the avatar: its eyes open as
+    the real ones do), a closing one shows as it did read against that level, a blink from
+    open still shuts, and the lid moves smoothly in between (no jump where widening starts)."""
+    level = (1.5, 1.5)
+
+    def closures(reading: float) -> list[float]:
+        return lid_closures([LidState(), LidState()], (1.5 * reading,) * 2, 0.0, level)
+
+    assert max(closures(1.0)) < -0.1  # wider than the avatar's own rest
+    plain = lid_closures([LidState(), LidState()], (0.6, 0.6), 0.0)
+    assert closures(0.6) == pytest.approx(plain)  # a closing lid as read against its level
+    assert closures(0.3) == [1.0, 1.0]  # a blink
+    steps = [closures(r)[0] for r in np.linspace(0.55, 1.1, 56)]
+    assert max(abs(np.diff(steps))) < 0.1, steps  # a jump: 0.7 (widening all at once)
+
+
 def test_looking_down_lowers_both_lids_and_is_no_blink(hopper, retrack):
     """A look down as the tracker reads it (the iris lowered, one eye read lower than the
     other): both upper lids come down alike, neither shuts, and the tracker still reads both

@@ -122,6 +122,7 @@ LID_SKIN = 0.6  # a shut lid's colour: this share the skin under the eye, the re
 SHUT_FROM = 0.5  # lid closure from which the shut lid's own skin fades in
 GAZE_LOWERS_LIDS = 4.0  # upper lid closure per eye width the iris looks down (up to the max)
 MAX_GAZE_LOWERING = 0.35
+OPENS_FROM = 0.8  # an eye read this open (of its recent level) starts to show its widening
 WINK_OTHER_OPEN = 0.75  # one eye shuts alone only while the other reads this open
 WINK_BELOW = 0.35  # ... and it reads this shut: a far eye narrowed by a head turn is no wink
 LIDS_ALIKE = 0.5  # how far each lid short of shut moves towards the two lids' mean
@@ -287,14 +288,16 @@ class LidState:
     OPEN_ABOVE = 0.56
     SHUT_READING = 0.3  # what a shut eye reads (relative to the neutral's opening)
     MAX_PARTIAL = 0.85
-    MAX_WIDENING = 0.3  # eyes opened wider than the neutral's raise the lids (surprise)
+    MAX_WIDENING = 0.4  # eyes opened wider than the neutral's raise the lids (surprise; at
+    # 0.3, a grin clip whose frame 0 squints widened its eyes short of the real ones)
 
     def __init__(self) -> None:
         self.closed = False
 
-    def closure(self, eye_open: float, expected: float = 1.0) -> float:
+    def closure(self, eye_open: float, expected: float = 1.0, shown: float | None = None) -> float:
         """`expected`: what an open eye reads now (less than 1 while the eyes look down: the
-        lid follows the eye down, and that is no blink)."""
+        lid follows the eye down, and that is no blink). `shown`: the openness the lid shows
+        short of shut, where it is not `eye_open` (see lid_closures)."""
         reading = eye_open / max(expected, 1e-6)
         if self.closed and reading > self.OPEN_ABOVE:
             self.closed = False
@@ -302,7 +305,7 @@ class LidState:
             self.closed = True
         if self.closed:
             return 1.0
-        return self.partial(eye_open)
+        return self.partial(eye_open if shown is None else shown)
 
     def partial(self, eye_open: float) -> float:
         """The lid as low as the driver's, short of shut."""
@@ -311,18 +314,29 @@ class LidState:
 
 
 def lid_closures(
-    lids: Sequence[LidState], eye_open: Sequence[float], gaze_down: float
+    lids: Sequence[LidState],
+    eye_open: Sequence[float],
+    gaze_down: float,
+    open_level: Sequence[float] = (1.0, 1.0),
 ) -> list[float]:
     """Both lids' closure (0 open .. 1 shut), read together: the upper lids follow the eyes
     down (a look down lowers both, and is read as no blink); one eye shuts alone only while
     the other is clearly open and it reads well shut (a wink stays a wink; one lid read lower
     than the other while looking down, or the far eye narrowed by a turn, is no wink), and
     lids short of shut move alike (the tracker reads the two
-    eyes unevenly, a face rarely moves them so)."""
+    eyes unevenly, a face rarely moves them so).
+
+    `open_level`: per eye, how open the driver's open eye has lately read (Motion's
+    eye_open_level): shutting is read against it, and an open eye shows how much wider than
+    the neutral's it is (_shown_openness)."""
     follow = float(np.clip(GAZE_LOWERS_LIDS * gaze_down, 0.0, MAX_GAZE_LOWERING))
     expected = 1.0 - follow
+    eye_open = [e / max(level, 1e-6) for e, level in zip(eye_open, open_level, strict=True)]
+    shown = [_shown_openness(e, level) for e, level in zip(eye_open, open_level, strict=True)]
     was_shut = [lid.closed for lid in lids]
-    closures = [lid.closure(e, expected) for lid, e in zip(lids, eye_open, strict=True)]
+    closures = [
+        lid.closure(e, expected, own) for lid, e, own in zip(lids, eye_open, shown, strict=True)
+    ]
     shut = [lid.closed for lid in lids]
     if shut[0] != shut[1] and _blink_read_unevenly(eye_open, expected, shut.index(True)):
         for lid in lids:
@@ -334,13 +348,25 @@ def lid_closures(
         if not winks:
             lids[alone].closed = False  # no wink begins short of shut
         if not winks or eye_open[1 - alone] / expected < WINK_OTHER_OPEN:
-            closures[alone] = lids[alone].partial(eye_open[alone])
+            closures[alone] = lids[alone].partial(shown[alone])
             shut[alone] = False
     moving = [i for i in range(2) if not shut[i]]
     if len(moving) == 2:
         mean = (closures[0] + closures[1]) / 2
         closures = [c + LIDS_ALIKE * (mean - c) for c in closures]
     return [c if shut[i] or follow <= 0.0 else max(c, follow) for i, c in enumerate(closures)]
+
+
+def _shown_openness(reading: float, level: float) -> float:
+    """The openness a lid short of shut shows, from the eye's reading against its recent
+    open level: as read while it closes (a lid on its way down or up, shown as before, as
+    the tracker reads a blink), and as wide as the driver's eye against the neutral once it
+    is open (a narrowed neutral, then the eyes opened: the avatar opens its own wider).
+    Continuous from 0.8 of open to open, so a lid never jumps."""
+    wider = max(0.0, level - 1.0) * float(
+        np.clip((reading - OPENS_FROM) / (1.0 - OPENS_FROM), 0, 1)
+    )
+    return reading + wider
 
 
 def _blink_read_unevenly(eye_open: Sequence[float], expected: float, alone: int) -> bool:
@@ -1309,7 +1335,7 @@ class MeshGenerator:
 
     def deform(self, motion: Motion) -> np.ndarray:
         """Vertex positions (output pixels, with depth) for this motion."""
-        closures = lid_closures(self.lids, motion.eye_open, motion.gaze[1])
+        closures = lid_closures(self.lids, motion.eye_open, motion.gaze[1], motion.eye_open_level)
         self.closures = closures
         signals = self.rest.copy()  # the signals alone: jaw drop and lids
         self._open_mouth(signals, motion.mouth_open, motion.mouth_own)

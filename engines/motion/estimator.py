@@ -58,6 +58,9 @@ class Motion:
     scale: float = 1.0  # head size relative to the neutral (closer > 1)
     expression: np.ndarray | None = None  # (478, 3) offsets in the head's frame; None = none
     eye_open: tuple[float, float] = (1.0, 1.0)  # (right, left): 1 = as open as the neutral
+    # what an open eye has lately read, on eye_open's scale: over 1 where the neutral caught
+    # the eyes narrowed (a squint, a grin). A blink is read against it, not the neutral.
+    eye_open_level: tuple[float, float] = (1.0, 1.0)
     gaze: tuple[float, float] = (0.0, 0.0)  # iris offset from the neutral's, in eye widths
     mouth_open: float = 0.0  # inner-lip gap per eye distance, added to the neutral's
     mouth_width: float = 0.0  # mouth width per eye distance, added to the neutral's
@@ -88,6 +91,7 @@ class Motion:
             scale=self.scale + w * (other.scale - self.scale),
             expression=expression,
             eye_open=mix(self.eye_open, other.eye_open),
+            eye_open_level=mix(self.eye_open_level, other.eye_open_level),
             gaze=mix(self.gaze, other.gaze),
             mouth_open=self.mouth_open + w * (other.mouth_open - self.mouth_open),
             mouth_width=self.mouth_width + w * (other.mouth_width - self.mouth_width),
@@ -396,7 +400,9 @@ class MotionEstimator:
                 self._t_resume = None
             else:  # the lids are the driver's at once: a blink in the ease still shows
                 eased = self._resume_from.blend(motion, weight)
-                motion = replace(eased, eye_open=motion.eye_open)
+                motion = replace(
+                    eased, eye_open=motion.eye_open, eye_open_level=motion.eye_open_level
+                )
         return motion
 
     def _untracked(self, t: float) -> Motion:
@@ -448,7 +454,8 @@ class MotionEstimator:
         local = neutral.points + shape * neutral.eye_distance
         self._open_eyes.observe(t, openness)
         reference = self._open_eyes.reference(neutral.eye_open)
-        eyes = tuple(o / max(r, 1e-6) for o, r in zip(openness, reference, strict=True))
+        eyes = tuple(o / max(n, 1e-6) for o, n in zip(openness, neutral.eye_open, strict=True))
+        levels = tuple(r / max(n, 1e-6) for r, n in zip(reference, neutral.eye_open, strict=True))
         gaze = (
             float(np.mean(gaze_each(local))) - neutral.gaze[0],
             gaze_vertical(local) - neutral.gaze[1],
@@ -463,6 +470,7 @@ class MotionEstimator:
             scale=float(1.0 + (scale - 1.0) * gains.pose),
             expression=(shape * gains.expression).astype(np.float32),
             eye_open=tuple(float(1.0 - gains.eyes * (1.0 - e)) for e in eyes),
+            eye_open_level=tuple(float(1.0 - gains.eyes * (1.0 - v)) for v in levels),
             gaze=(float(gaze[0] * gains.eyes), float(gaze[1] * gains.eyes)),
             mouth_open=float((mouth_opening(local) - neutral.mouth_open) * gains.mouth),
             mouth_width=float((mouth_width(local) - neutral.mouth_width) * gains.mouth),
