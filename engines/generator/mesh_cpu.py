@@ -288,7 +288,7 @@ class LidState:
     OPEN_ABOVE = 0.56
     SHUT_READING = 0.3  # what a shut eye reads (relative to the neutral's opening)
     MAX_PARTIAL = 0.85
-    MAX_WIDENING = 0.4  # eyes opened wider than the neutral's raise the lids (surprise; at
+    MAX_WIDENING = 0.35  # eyes opened wider than the neutral's raise the lids (surprise; at
     # 0.3, a grin clip whose frame 0 squints widened its eyes short of the real ones)
 
     def __init__(self) -> None:
